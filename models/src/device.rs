@@ -1,0 +1,160 @@
+//! Device and dtype choice: `auto|cpu|cuda[:N]` and `auto|f32|f16|bf16`.
+
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// CUDA device 0 when pulse is built with `cuda` and one is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            _ => lower
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| ModelError::InvalidDevice(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    pub fn select(self) -> Result<Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Auto => {
+                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                    Ok(Device::new_cuda(0)?)
+                } else {
+                    Ok(Device::Cpu)
+                }
+            }
+            DeviceSpec::Cuda(ordinal) => {
+                if cfg!(feature = "cuda") {
+                    Ok(Device::new_cuda(ordinal)?)
+                } else {
+                    Err(ModelError::CudaNotBuilt(self.to_string()))
+                }
+            }
+        }
+    }
+}
+
+/// Names a device the way `--device` takes it.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypeSpec {
+    /// f32 on the CPU, f16 on CUDA.
+    #[default]
+    Auto,
+    F32,
+    F16,
+    BF16,
+}
+
+impl FromStr for DTypeSpec {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DTypeSpec::Auto),
+            "f32" | "float32" => Ok(DTypeSpec::F32),
+            "f16" | "float16" | "half" => Ok(DTypeSpec::F16),
+            "bf16" | "bfloat16" => Ok(DTypeSpec::BF16),
+            _ => Err(ModelError::InvalidDType(s.to_string())),
+        }
+    }
+}
+
+impl DTypeSpec {
+    pub fn select(self, device: &Device) -> Result<DType> {
+        let dtype = match (self, device.is_cpu()) {
+            (DTypeSpec::Auto, true) | (DTypeSpec::F32, _) => DType::F32,
+            (DTypeSpec::Auto, false) | (DTypeSpec::F16, _) => DType::F16,
+            (DTypeSpec::BF16, _) => DType::BF16,
+        };
+        // Reduced precision on the CPU comes with the CPU encoder work; until
+        // then Candle's generic f16/bf16 CPU path is slower than f32, not faster.
+        if device.is_cpu() && dtype != DType::F32 {
+            return Err(ModelError::UnsupportedDType {
+                dtype: dtype.as_str().to_string(),
+                device: "cpu".to_string(),
+            });
+        }
+        Ok(dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!("CPU".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        for bad in ["cuda:x", "tpu", "cuda:-1", ""] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_always_works_and_runs_f32() {
+        let device = DeviceSpec::Cpu.select().unwrap();
+        assert!(device.is_cpu());
+        assert_eq!(DTypeSpec::Auto.select(&device).unwrap(), DType::F32);
+        assert!(matches!(
+            DTypeSpec::F16.select(&device),
+            Err(ModelError::UnsupportedDType { .. })
+        ));
+        assert_eq!(device_name(&device), "cpu");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        let err = DeviceSpec::Cuda(1).select().unwrap_err();
+        assert!(err.to_string().contains("`cuda` feature"), "{err}");
+        assert!(DeviceSpec::Auto.select().unwrap().is_cpu());
+    }
+
+    #[test]
+    fn parses_dtypes() {
+        assert_eq!("bf16".parse::<DTypeSpec>().unwrap(), DTypeSpec::BF16);
+        assert_eq!("float16".parse::<DTypeSpec>().unwrap(), DTypeSpec::F16);
+        assert!("int4".parse::<DTypeSpec>().is_err());
+    }
+}

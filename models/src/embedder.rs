@@ -1,0 +1,176 @@
+//! A loaded sentence-transformer: text in, one vector per text out.
+
+use crate::config::{Architecture, ModelConfig};
+use crate::device::{DTypeSpec, DeviceSpec, device_name};
+use crate::encoder::{Encoder, EncoderKind, batch_input};
+use crate::error::{ModelError, Result};
+use crate::source::{ModelOrigin, ResolveOptions, ResolvedModel, resolve_with};
+use crate::tokenize::{TextTokenizer, TokenizedText};
+use candle_core::{DType, Device};
+use pulse_kernels::Pooling;
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    pub device: DeviceSpec,
+    pub dtype: DTypeSpec,
+    /// Threads for tokenizing and the CPU forward pass; `None` shares the
+    /// process-wide rayon pool (all cores).
+    pub threads: Option<usize>,
+    pub encoder: EncoderKind,
+    pub resolve: ResolveOptions,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions {
+            device: DeviceSpec::Auto,
+            dtype: DTypeSpec::Auto,
+            threads: None,
+            encoder: EncoderKind::Native,
+            resolve: ResolveOptions::from_env(),
+        }
+    }
+}
+
+/// What a loaded model is and where it came from.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: Architecture,
+    pub model_type: String,
+    pub dimension: usize,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub max_seq_length: usize,
+    pub parameters: usize,
+    pub dir: PathBuf,
+    pub origin: ModelOrigin,
+    pub revision: Option<String>,
+    pub device: String,
+    pub dtype: String,
+    pub encoder: EncoderKind,
+    pub load_time: Duration,
+}
+
+pub struct Embedder {
+    info: ModelInfo,
+    config: ModelConfig,
+    tokenizer: TextTokenizer,
+    encoder: Encoder,
+    device: Device,
+    threads: Option<rayon::ThreadPool>,
+}
+
+impl Embedder {
+    /// Finds `name` (local directory, Hugging Face cache, hub) and loads it.
+    pub fn load(name: &str, options: &EmbedderOptions) -> Result<Self> {
+        let resolved = resolve_with(name, &options.resolve)?;
+        Self::from_resolved(resolved, options)
+    }
+
+    pub fn from_resolved(model: ResolvedModel, options: &EmbedderOptions) -> Result<Self> {
+        let started = Instant::now();
+        let device = options.device.select()?;
+        let dtype: DType = options.dtype.select(&device)?;
+        let config = ModelConfig::load(&model.dir)?;
+        let tokenizer =
+            TextTokenizer::load(&model.dir, config.max_seq_length, config.do_lower_case)?;
+        let (encoder, parameters) =
+            Encoder::load(&model.dir, &config, options.encoder, dtype, &device)?;
+        let threads = match options.threads {
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .thread_name(|i| format!("pulse-embed-{i}"))
+                    .build()
+                    .map_err(|e| ModelError::ThreadPool(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let info = ModelInfo {
+            revision: model.revision().map(str::to_string),
+            name: model.name,
+            architecture: config.architecture,
+            model_type: config.model_type.clone(),
+            dimension: config.hidden_size(),
+            pooling: config.pooling,
+            normalize: config.normalize,
+            max_seq_length: config.max_seq_length,
+            parameters,
+            dir: model.dir,
+            origin: model.origin,
+            device: device_name(&device),
+            dtype: dtype.as_str().to_string(),
+            encoder: options.encoder,
+            load_time: started.elapsed(),
+        };
+        Ok(Embedder {
+            info,
+            config,
+            tokenizer,
+            encoder,
+            device,
+            threads,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Tokenizes each text, cutting at the model's maximum length; one result
+    /// per text so one bad text does not sink the others.
+    pub fn tokenize(&self, texts: &[&str]) -> Vec<Result<TokenizedText>> {
+        self.install(|| {
+            texts
+                .par_iter()
+                .enumerate()
+                .map(|(index, text)| self.tokenizer.tokenize(index, text))
+                .collect()
+        })
+    }
+
+    /// Embeds already tokenized texts as one padded batch. The result for a
+    /// text does not depend on what else is in the batch.
+    pub fn embed_tokenized(&self, batch: &[TokenizedText]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sequences: Vec<(&[u32], &[u32])> = batch
+            .iter()
+            .map(|t| (t.ids.as_slice(), t.type_ids.as_slice()))
+            .collect();
+        self.install(|| {
+            let input = batch_input(&sequences, &self.config, &self.device)?;
+            let hidden = self.encoder.forward(&input)?;
+            let pooled = pulse_kernels::pool(
+                &hidden,
+                &input.mask,
+                self.config.pooling,
+                self.config.normalize,
+            )?;
+            Ok(pooled.to_vec2::<f32>()?)
+        })
+    }
+
+    /// Tokenizes and embeds `texts` as one batch; the first text that cannot
+    /// be embedded fails the call.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let tokenized = self
+            .tokenize(texts)
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_tokenized(&tokenized)
+    }
+
+    fn install<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        match &self.threads {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The transformer encoders: pulse's own BERT-family encoder, and Candle's
+//! stock `BertModel` kept as the reference it is checked and measured against.
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::source::{PYTORCH_FILE, SAFETENSORS_FILE};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_transformers::models::bert::{self, BertModel, HiddenAct};
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Which implementation runs the transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncoderKind {
+    /// pulse's encoder: BERT and XLM-RoBERTa, any dtype.
+    #[default]
+    Native,
+    /// candle-transformers' `BertModel`: BERT only, f32 only (its attention
+    /// mask overflows to NaN in f16/bf16).
+    CandleReference,
+}
+
+impl FromStr for EncoderKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "native" => Ok(EncoderKind::Native),
+            "candle" | "candle-reference" => Ok(EncoderKind::CandleReference),
+            other => Err(format!(
+                "unknown encoder `{other}` (expected native or candle)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for EncoderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EncoderKind::Native => "native",
+            EncoderKind::CandleReference => "candle",
+        })
+    }
+}
+
+/// A padded batch on the encoder's device: ids, token types and mask are
+/// `batch × seq` u32; positions follow the architecture's convention.
+pub(crate) struct EncoderInput {
+    pub ids: Tensor,
+    pub type_ids: Tensor,
+    pub positions: Tensor,
+    pub mask: Tensor,
+}
+
+pub(crate) enum Encoder {
+    Native(NativeEncoder),
+    CandleReference(BertModel),
+}
+
+impl Encoder {
+    pub(crate) fn load(
+        dir: &Path,
+        config: &ModelConfig,
+        kind: EncoderKind,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, usize)> {
+        let vb = open_weights(dir, dtype, device)?;
+        let prefix = weight_prefix(&vb).ok_or_else(|| ModelError::InvalidConfig {
+            path: dir.to_path_buf(),
+            message: "the weights hold no `embeddings.word_embeddings.weight` (under no prefix, `bert.`, `roberta.` or `model.`)".into(),
+        })?;
+        let vb = if prefix.is_empty() { vb } else { vb.pp(prefix) };
+        let encoder = match kind {
+            EncoderKind::Native => Encoder::Native(NativeEncoder::load(vb, config)?),
+            EncoderKind::CandleReference => {
+                if config.architecture != Architecture::Bert || dtype != DType::F32 {
+                    return Err(ModelError::InvalidConfig {
+                        path: dir.to_path_buf(),
+                        message: format!(
+                            "the candle reference encoder runs bert in f32 only, not {} in {}",
+                            config.architecture,
+                            dtype.as_str()
+                        ),
+                    });
+                }
+                Encoder::CandleReference(BertModel::load(vb, &config.encoder)?)
+            }
+        };
+        Ok((encoder, parameter_count(config)))
+    }
+
+    /// Token states, `batch × seq × hidden`.
+    pub(crate) fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
+        Ok(match self {
+            Encoder::Native(encoder) => encoder.forward(input)?,
+            Encoder::CandleReference(model) => {
+                model.forward(&input.ids, &input.type_ids, Some(&input.mask))?
+            }
+        })
+    }
+}
+
+fn open_weights(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    let safetensors = dir.join(SAFETENSORS_FILE);
+    let pytorch = dir.join(PYTORCH_FILE);
+    if safetensors.is_file() {
+        // SAFETY: the file is mapped read-only; like every mmap user, pulse
+        // assumes nobody truncates a model file while it is loaded.
+        Ok(unsafe { VarBuilder::from_mmaped_safetensors(&[safetensors], dtype, device)? })
+    } else if pytorch.is_file() {
+        Ok(VarBuilder::from_pth(&pytorch, dtype, device)?)
+    } else {
+        Err(ModelError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: "model.safetensors (or pytorch_model.bin)",
+        })
+    }
+}
+
+/// Checkpoints saved from a task model nest the encoder under a prefix.
+fn weight_prefix(vb: &VarBuilder) -> Option<&'static str> {
+    ["", "bert", "roberta", "model"].into_iter().find(|prefix| {
+        let name = "embeddings.word_embeddings.weight";
+        if prefix.is_empty() {
+            vb.contains_tensor(name)
+        } else {
+            vb.contains_tensor(&format!("{prefix}.{name}"))
+        }
+    })
+}
+
+/// Parameters of the encoder as configured (the pooler head is not run and not counted).
+fn parameter_count(config: &ModelConfig) -> usize {
+    let c = &config.encoder;
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h;
+    let layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
+    embeddings + c.num_hidden_layers * layer
+}
+
+/// Builds the padded batch tensors for `sequences` (each `(ids, type_ids)`).
+pub(crate) fn batch_input(
+    sequences: &[(&[u32], &[u32])],
+    config: &ModelConfig,
+    device: &Device,
+) -> Result<EncoderInput> {
+    let batch = sequences.len();
+    let seq = sequences
+        .iter()
+        .map(|(ids, _)| ids.len())
+        .max()
+        .unwrap_or(0);
+    let pad_id = config.encoder.pad_token_id as u32;
+    let mut ids = vec![pad_id; batch * seq];
+    let mut type_ids = vec![0u32; batch * seq];
+    let mut mask = vec![0u32; batch * seq];
+    let mut positions = vec![0u32; batch * seq];
+    for (row, (seq_ids, seq_types)) in sequences.iter().enumerate() {
+        let start = row * seq;
+        ids[start..start + seq_ids.len()].copy_from_slice(seq_ids);
+        type_ids[start..start + seq_types.len()].copy_from_slice(seq_types);
+        mask[start..start + seq_ids.len()].fill(1);
+        for (t, position) in positions[start..start + seq].iter_mut().enumerate() {
+            *position = match config.architecture {
+                Architecture::Bert => t as u32,
+                // RoBERTa counts positions from pad + 1 and gives padding the
+                // pad position.
+                Architecture::XlmRoberta if t < seq_ids.len() => pad_id + 1 + t as u32,
+                Architecture::XlmRoberta => pad_id,
+            };
+        }
+    }
+    let tensor = |v: Vec<u32>| Tensor::from_vec(v, (batch, seq), device);
+    Ok(EncoderInput {
+        ids: tensor(ids)?,
+        type_ids: tensor(type_ids)?,
+        positions: tensor(positions)?,
+        mask: tensor(mask)?,
+    })
+}
+
+/// A BERT-family encoder over padded batches with an additive attention
+/// mask that stays finite in every dtype.
+pub(crate) struct NativeEncoder {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Option<Embedding>,
+    embedding_norm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    heads: usize,
+    head_dim: usize,
+    activation: HiddenAct,
+}
+
+struct EncoderLayer {
+    /// Query, key and value projections stacked into one matrix multiply.
+    qkv: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// Taken off the attention scores of padding: far beyond any real score gap,
+/// yet finite in f16, so the bias never turns into NaN.
+const PADDING_PENALTY: f64 = 10_000.0;
+
+impl NativeEncoder {
+    fn load(vb: VarBuilder, config: &ModelConfig) -> Result<Self> {
+        let c: &bert::Config = &config.encoder;
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+            return Err(ModelError::UnsupportedArchitecture(format!(
+                "{} with hidden size {} not divisible into {} heads",
+                config.model_type, c.hidden_size, c.num_attention_heads
+            )));
+        }
+        let h = c.hidden_size;
+        let emb = vb.pp("embeddings");
+        let token_type_embeddings = if c.type_vocab_size > 0 {
+            Some(candle_nn::embedding(
+                c.type_vocab_size,
+                h,
+                emb.pp("token_type_embeddings"),
+            )?)
+        } else {
+            None
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| EncoderLayer::load(vb.pp(format!("encoder.layer.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(NativeEncoder {
+            word_embeddings: candle_nn::embedding(c.vocab_size, h, emb.pp("word_embeddings"))?,
+            position_embeddings: candle_nn::embedding(
+                c.max_position_embeddings,
+                h,
+                emb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings,
+            embedding_norm: candle_nn::layer_norm(h, c.layer_norm_eps, emb.pp("LayerNorm"))?,
+            layers,
+            heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+            activation: c.hidden_act,
+        })
+    }
+
+    fn forward(&self, input: &EncoderInput) -> candle_core::Result<Tensor> {
+        let (batch, seq) = input.ids.dims2()?;
+        let mut hidden = self.word_embeddings.forward(&input.ids)?;
+        hidden = (hidden + self.position_embeddings.forward(&input.positions)?)?;
+        if let Some(token_types) = &self.token_type_embeddings {
+            hidden = (hidden + token_types.forward(&input.type_ids)?)?;
+        }
+        let mut hidden = self.embedding_norm.forward(&hidden)?;
+        let dtype = hidden.dtype();
+        // (mask - 1) × penalty: 0 for tokens, -penalty for padding, shaped to
+        // broadcast over heads and query positions.
+        let score_bias = ((input.mask.to_dtype(DType::F32)? - 1.0)? * PADDING_PENALTY)?
+            .to_dtype(dtype)?
+            .reshape((batch, 1, 1, seq))?;
+        // Dense layers run on a flat (tokens × hidden) matrix.
+        let hidden_size = self.heads * self.head_dim;
+        hidden = hidden.reshape((batch * seq, hidden_size))?;
+        for layer in &self.layers {
+            hidden = self.layer_forward(layer, &hidden, &score_bias, batch, seq)?;
+        }
+        hidden.reshape((batch, seq, hidden_size))
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &EncoderLayer,
+        hidden: &Tensor,
+        score_bias: &Tensor,
+        batch: usize,
+        seq: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (heads, head_dim) = (self.heads, self.head_dim);
+        let qkv = layer
+            .qkv
+            .forward(hidden)?
+            .reshape((batch, seq, 3, heads, head_dim))?
+            .permute((2, 0, 3, 1, 4))?; // 3 × batch × heads × seq × head_dim
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(score_bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch * seq, heads * head_dim))?;
+        let attended = layer
+            .attention_norm
+            .forward(&(layer.attention_out.forward(&context)? + hidden)?)?;
+        let intermediate = layer.intermediate.forward(&attended)?;
+        let activated = match self.activation {
+            HiddenAct::Gelu => intermediate.gelu_erf()?,
+            HiddenAct::GeluApproximate => intermediate.gelu()?,
+            HiddenAct::Relu => intermediate.relu()?,
+        };
+        layer
+            .output_norm
+            .forward(&(layer.output.forward(&activated)? + attended)?)
+    }
+}
+
+impl EncoderLayer {
+    fn load(vb: VarBuilder, c: &bert::Config) -> Result<Self> {
+        let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        let attention = vb.pp("attention");
+        let projection = |name: &str| -> candle_core::Result<(Tensor, Tensor)> {
+            let vb = attention.pp("self").pp(name);
+            Ok((vb.get((h, h), "weight")?, vb.get(h, "bias")?))
+        };
+        let (qw, qb) = projection("query")?;
+        let (kw, kb) = projection("key")?;
+        let (vw, vb_) = projection("value")?;
+        let qkv = Linear::new(
+            Tensor::cat(&[qw, kw, vw], 0)?,
+            Some(Tensor::cat(&[qb, kb, vb_], 0)?),
+        );
+        Ok(EncoderLayer {
+            qkv,
+            attention_out: candle_nn::linear(h, h, attention.pp("output").pp("dense"))?,
+            attention_norm: candle_nn::layer_norm(h, eps, attention.pp("output").pp("LayerNorm"))?,
+            intermediate: candle_nn::linear(h, i, vb.pp("intermediate").pp("dense"))?,
+            output: candle_nn::linear(i, h, vb.pp("output").pp("dense"))?,
+            output_norm: candle_nn::layer_norm(h, eps, vb.pp("output").pp("LayerNorm"))?,
+        })
+    }
+}

@@ -129,7 +129,7 @@ fn pool_sequence(states: &[f32], keep: &[u32], dim: usize, pooling: Pooling, row
     match pooling {
         Pooling::Cls => row.copy_from_slice(token(0)),
         Pooling::LastToken => {
-            if let Some(last) = kept().last() {
+            if let Some(last) = kept().next_back() {
                 row.copy_from_slice(token(last));
             }
         }

@@ -53,6 +53,8 @@ pub struct ModelInfo {
     pub device: String,
     pub dtype: String,
     pub encoder: EncoderKind,
+    /// Threads the CPU work runs on.
+    pub threads: usize,
     pub load_time: Duration,
 }
 
@@ -106,6 +108,11 @@ impl Embedder {
             device: device_name(&device),
             dtype: dtype.as_str().to_string(),
             encoder: options.encoder,
+            threads: threads
+                .as_ref()
+                .map_or_else(rayon::current_num_threads, |pool| {
+                    pool.current_num_threads()
+                }),
             load_time: started.elapsed(),
         };
         Ok(Embedder {

@@ -212,7 +212,7 @@ const PADDING_PENALTY: f64 = 10_000.0;
 impl NativeEncoder {
     fn load(vb: VarBuilder, config: &ModelConfig) -> Result<Self> {
         let c: &bert::Config = &config.encoder;
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(ModelError::UnsupportedArchitecture(format!(
                 "{} with hidden size {} not divisible into {} heads",
                 config.model_type, c.hidden_size, c.num_attention_heads

@@ -54,7 +54,7 @@ pub struct ResolvedModel {
 }
 
 impl ResolvedModel {
-    /// The revision the files belong to, where the hub or its cache says.
+    /// The commit the files belong to, where the hub or its cache says.
     pub fn revision(&self) -> Option<&str> {
         match &self.origin {
             ModelOrigin::LocalDir => None,
@@ -74,11 +74,13 @@ pub struct ResolveOptions {
     pub offline: bool,
     /// Show a progress bar while downloading.
     pub progress: bool,
+    /// The hub's address (`HF_ENDPOINT`); `None` is hf-hub's default.
+    pub endpoint: Option<String>,
 }
 
 impl ResolveOptions {
-    /// Reads `HF_HUB_CACHE`, `HF_HOME`, `XDG_CACHE_HOME` and `HF_HUB_OFFLINE`
-    /// the way `huggingface_hub` does.
+    /// Reads `HF_HUB_CACHE`, `HF_HOME`, `XDG_CACHE_HOME`, `HF_HUB_OFFLINE`
+    /// and `HF_ENDPOINT` the way `huggingface_hub` does.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let hf_cache = if let Some(dir) = var("HF_HUB_CACHE") {
@@ -95,6 +97,7 @@ impl ResolveOptions {
             hf_cache,
             offline,
             progress: true,
+            endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
         }
     }
 }
@@ -177,11 +180,11 @@ pub fn resolve_with(name: &str, options: &ResolveOptions) -> Result<ResolvedMode
         Ok(dir) => {
             return Ok(ResolvedModel {
                 name: name.to_string(),
-                dir,
                 origin: ModelOrigin::HfCache {
+                    revision: snapshot_commit(&dir, &id),
                     repo: id.repo,
-                    revision: id.revision,
                 },
+                dir,
             });
         }
         Err(why) => tried.push(format!(
@@ -197,11 +200,11 @@ pub fn resolve_with(name: &str, options: &ResolveOptions) -> Result<ResolvedMode
             Ok(dir) => {
                 return Ok(ResolvedModel {
                     name: name.to_string(),
-                    dir,
                     origin: ModelOrigin::HfHub {
+                        revision: snapshot_commit(&dir, &id),
                         repo: id.repo,
-                        revision: id.revision,
                     },
+                    dir,
                 });
             }
             Err(why) => tried.push(format!("Hugging Face hub: {why}")),
@@ -233,6 +236,14 @@ fn expand_home(name: &str) -> PathBuf {
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => PathBuf::from(name),
     }
+}
+
+/// The commit a snapshot directory holds: the cache names snapshots after them.
+fn snapshot_commit(snapshot: &Path, id: &HubId) -> String {
+    snapshot
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map_or_else(|| id.revision.clone(), str::to_string)
 }
 
 /// The snapshot directory of `id` in the cache, if it holds a usable model.
@@ -285,8 +296,8 @@ fn download(id: &HubId, options: &ResolveOptions) -> std::result::Result<PathBuf
 
     let mut builder = ApiBuilder::from_cache(Cache::new(options.hf_cache.clone()))
         .with_progress(options.progress);
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        builder = builder.with_endpoint(endpoint);
+    if let Some(endpoint) = &options.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
     }
     let api = builder.build().map_err(|e| e.to_string())?;
     let repo = api.repo(Repo::with_revision(
@@ -337,6 +348,7 @@ mod tests {
             hf_cache: cache.to_path_buf(),
             offline: true,
             progress: false,
+            endpoint: None,
         }
     }
 
@@ -389,7 +401,7 @@ mod tests {
 
         let by_branch = resolve_with("org/tiny", &offline_in(cache.path())).unwrap();
         assert_eq!(by_branch.dir, repo.join("snapshots/abc123"));
-        assert_eq!(by_branch.revision(), Some("main"));
+        assert_eq!(by_branch.revision(), Some("abc123"));
         let by_commit = resolve_with("org/tiny@abc123", &offline_in(cache.path())).unwrap();
         assert_eq!(by_commit.dir, repo.join("snapshots/abc123"));
     }

@@ -111,82 +111,69 @@ fn tokenizer_json(family: &Family) -> serde_json::Value {
 
 /// Random weights large enough that attention is far from uniform, so a
 /// padding leak would show.
-fn random_weights(family: &Family, prefix: &str) -> HashMap<String, Tensor> {
-    let dev = &Device::Cpu;
-    let mut w = HashMap::new();
-    let mut put = |name: String, shape: &[usize], std: f32, mean: f32| {
-        let t = (Tensor::randn(0f32, std, shape, dev).unwrap() + mean as f64).unwrap();
-        w.insert(format!("{prefix}{name}"), t);
+struct RandomWeights {
+    prefix: &'static str,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl RandomWeights {
+    fn put(&mut self, name: &str, shape: &[usize], std: f32, mean: f64) {
+        let t = (Tensor::randn(0f32, std, shape, &Device::Cpu).unwrap() + mean).unwrap();
+        self.tensors.insert(format!("{}{name}", self.prefix), t);
+    }
+
+    fn linear(&mut self, at: &str, out: usize, inp: usize, std: f32) {
+        self.put(&format!("{at}.weight"), &[out, inp], std, 0.0);
+        self.put(&format!("{at}.bias"), &[out], 0.1, 0.0);
+    }
+
+    fn layer_norm(&mut self, at: &str) {
+        self.put(&format!("{at}.weight"), &[HIDDEN], 0.1, 1.0);
+        self.put(&format!("{at}.bias"), &[HIDDEN], 0.1, 0.0);
+    }
+}
+
+fn random_weights(family: &Family, prefix: &'static str) -> HashMap<String, Tensor> {
+    let mut w = RandomWeights {
+        prefix,
+        tensors: HashMap::new(),
     };
-    put(
-        "embeddings.word_embeddings.weight".into(),
+    w.put(
+        "embeddings.word_embeddings.weight",
         &[vocab_size(), HIDDEN],
         1.0,
         0.0,
     );
-    put(
-        "embeddings.position_embeddings.weight".into(),
+    w.put(
+        "embeddings.position_embeddings.weight",
         &[MAX_POSITIONS, HIDDEN],
         1.0,
         0.0,
     );
-    put(
-        "embeddings.token_type_embeddings.weight".into(),
+    w.put(
+        "embeddings.token_type_embeddings.weight",
         &[family.type_vocab, HIDDEN],
         1.0,
         0.0,
     );
-    let norm = |put: &mut dyn FnMut(String, &[usize], f32, f32), at: String| {
-        put(format!("{at}.weight"), &[HIDDEN], 0.1, 1.0);
-        put(format!("{at}.bias"), &[HIDDEN], 0.1, 0.0);
-    };
-    norm(&mut put, "embeddings.LayerNorm".into());
+    w.layer_norm("embeddings.LayerNorm");
     for l in 0..LAYERS {
         let at = format!("encoder.layer.{l}");
         for p in ["query", "key", "value"] {
-            put(
-                format!("{at}.attention.self.{p}.weight"),
-                &[HIDDEN, HIDDEN],
-                0.4,
-                0.0,
-            );
-            put(format!("{at}.attention.self.{p}.bias"), &[HIDDEN], 0.1, 0.0);
+            w.linear(&format!("{at}.attention.self.{p}"), HIDDEN, HIDDEN, 0.4);
         }
-        put(
-            format!("{at}.attention.output.dense.weight"),
-            &[HIDDEN, HIDDEN],
+        w.linear(&format!("{at}.attention.output.dense"), HIDDEN, HIDDEN, 0.2);
+        w.layer_norm(&format!("{at}.attention.output.LayerNorm"));
+        w.linear(
+            &format!("{at}.intermediate.dense"),
+            INTERMEDIATE,
+            HIDDEN,
             0.2,
-            0.0,
         );
-        put(
-            format!("{at}.attention.output.dense.bias"),
-            &[HIDDEN],
-            0.1,
-            0.0,
-        );
-        norm(&mut put, format!("{at}.attention.output.LayerNorm"));
-        put(
-            format!("{at}.intermediate.dense.weight"),
-            &[INTERMEDIATE, HIDDEN],
-            0.2,
-            0.0,
-        );
-        put(
-            format!("{at}.intermediate.dense.bias"),
-            &[INTERMEDIATE],
-            0.1,
-            0.0,
-        );
-        put(
-            format!("{at}.output.dense.weight"),
-            &[HIDDEN, INTERMEDIATE],
-            0.2,
-            0.0,
-        );
-        put(format!("{at}.output.dense.bias"), &[HIDDEN], 0.1, 0.0);
-        norm(&mut put, format!("{at}.output.LayerNorm"));
+        w.linear(&format!("{at}.output.dense"), HIDDEN, INTERMEDIATE, 0.2);
+        w.layer_norm(&format!("{at}.output.LayerNorm"));
     }
-    w
+    w.tensors
 }
 
 /// Writes a tiny model of `family` into a fresh directory, its weights under
@@ -194,7 +181,7 @@ fn random_weights(family: &Family, prefix: &str) -> HashMap<String, Tensor> {
 /// given through sentence-transformers' modules when `pooling` is set.
 fn tiny_model(
     family: &Family,
-    prefix: &str,
+    prefix: &'static str,
     pooling: Option<(Pooling, bool)>,
 ) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -387,4 +374,200 @@ fn weights_without_an_encoder_are_a_clear_error() {
         .unwrap()
         .to_string();
     assert!(err.contains("embeddings.word_embeddings.weight"), "{err}");
+}
+
+/// Enough of the Hugging Face hub's HTTP interface for `hf-hub` to list a
+/// repository and download its files: serves one model directory.
+mod mock_hub {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub struct MockHub {
+        pub url: String,
+        pub requests: Arc<AtomicUsize>,
+    }
+
+    pub fn serve(dir: &Path, repo: &'static str, commit: &'static str) -> MockHub {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                answer(stream, &dir, repo, commit);
+            }
+        });
+        MockHub { url, requests }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut pending = vec![PathBuf::new()];
+        while let Some(rel) = pending.pop() {
+            for entry in std::fs::read_dir(dir.join(&rel)).unwrap().flatten() {
+                let rel = rel.join(entry.file_name());
+                if entry.path().is_dir() {
+                    pending.push(rel);
+                } else {
+                    found.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        found
+    }
+
+    fn answer(mut stream: TcpStream, dir: &Path, repo: &str, commit: &str) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+        let mut range_start = None;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some(value) = header.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                range_start = value
+                    .split('-')
+                    .next()
+                    .and_then(|s| s.trim().parse::<usize>().ok());
+            }
+        }
+        let info_path = format!("/api/models/{repo}/revision/main");
+        let file_prefix = format!("/{repo}/resolve/main/");
+        let (status, headers, body): (&str, Vec<String>, Vec<u8>) = if path == info_path {
+            let siblings: Vec<_> = files(dir)
+                .into_iter()
+                .map(|f| serde_json::json!({ "rfilename": f }))
+                .collect();
+            let body = serde_json::json!({ "sha": commit, "siblings": siblings }).to_string();
+            (
+                "200 OK",
+                vec!["Content-Type: application/json".into()],
+                body.into_bytes(),
+            )
+        } else if let Some(bytes) = path
+            .strip_prefix(&file_prefix)
+            .and_then(|file| std::fs::read(dir.join(file)).ok())
+        {
+            let start = range_start.unwrap_or(0).min(bytes.len());
+            let etag = path.replace('/', "_");
+            (
+                "206 Partial Content",
+                vec![
+                    format!("ETag: \"{etag}\""),
+                    format!("X-Repo-Commit: {commit}"),
+                    format!(
+                        "Content-Range: bytes {start}-{}/{}",
+                        bytes.len() - 1,
+                        bytes.len()
+                    ),
+                ],
+                bytes[start..].to_vec(),
+            )
+        } else {
+            ("404 Not Found", vec![], b"not found".to_vec())
+        };
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for header in headers {
+            response.push_str(&header);
+            response.push_str("\r\n");
+        }
+        response.push_str("\r\n");
+        let _ = stream.write_all(response.as_bytes());
+        let _ = stream.write_all(&body);
+    }
+}
+
+#[test]
+fn downloads_from_the_hub_into_the_cache_then_resolves_offline() {
+    use pulse_models::{ModelOrigin, resolve_with};
+    use std::sync::atomic::Ordering;
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+    let model = tiny_model(&BERT, "", Some((Pooling::Mean, true)));
+    let hub = mock_hub::serve(model.path(), "org/tiny", COMMIT);
+    let cache = tempfile::tempdir().unwrap();
+    let online = ResolveOptions {
+        hf_cache: cache.path().to_path_buf(),
+        offline: false,
+        progress: false,
+        endpoint: Some(hub.url.clone()),
+    };
+    let downloaded = resolve_with("org/tiny", &online).unwrap();
+    assert_eq!(
+        downloaded.origin,
+        ModelOrigin::HfHub {
+            repo: "org/tiny".into(),
+            revision: COMMIT.into()
+        }
+    );
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
+        assert!(
+            downloaded.dir.join(file).is_file(),
+            "{file} was not downloaded"
+        );
+    }
+    let options = EmbedderOptions {
+        device: DeviceSpec::Cpu,
+        resolve: online.clone(),
+        ..EmbedderOptions::default()
+    };
+    let from_hub = Embedder::from_resolved(downloaded, &options).unwrap();
+    let local = load(model.path(), EncoderKind::Native).unwrap();
+    assert_eq!(
+        from_hub.embed(&TEXTS).unwrap(),
+        local.embed(&TEXTS).unwrap()
+    );
+
+    let served = hub.requests.load(Ordering::SeqCst);
+    let offline = ResolveOptions {
+        offline: true,
+        ..online
+    };
+    let cached = resolve_with("org/tiny", &offline).unwrap();
+    assert!(
+        matches!(cached.origin, ModelOrigin::HfCache { ref revision, .. } if revision == COMMIT)
+    );
+    assert_eq!(
+        hub.requests.load(Ordering::SeqCst),
+        served,
+        "the cache answered alone"
+    );
+}
+
+#[test]
+fn a_hub_without_the_model_is_listed_among_the_places_tried() {
+    let model = tiny_model(&BERT, "", None);
+    let hub = mock_hub::serve(model.path(), "org/tiny", "c0ffee");
+    let cache = tempfile::tempdir().unwrap();
+    let options = ResolveOptions {
+        hf_cache: cache.path().to_path_buf(),
+        offline: false,
+        progress: false,
+        endpoint: Some(hub.url.clone()),
+    };
+    let err = pulse_models::resolve_with("org/other", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Hugging Face hub:") && err.contains("404"),
+        "{err}"
+    );
 }

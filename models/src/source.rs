@@ -175,38 +175,33 @@ pub fn resolve_with(name: &str, options: &ResolveOptions) -> Result<ResolvedMode
         });
     }
     let id = HubId::parse(name)?;
+    // The revision reported is the commit the snapshot holds.
+    let found = |dir: PathBuf, from_cache: bool| {
+        let (repo, revision) = (id.repo.clone(), snapshot_commit(&dir, &id));
+        let origin = if from_cache {
+            ModelOrigin::HfCache { repo, revision }
+        } else {
+            ModelOrigin::HfHub { repo, revision }
+        };
+        ResolvedModel {
+            name: name.to_string(),
+            dir,
+            origin,
+        }
+    };
 
     match find_in_cache(&id, &options.hf_cache) {
-        Ok(dir) => {
-            return Ok(ResolvedModel {
-                name: name.to_string(),
-                origin: ModelOrigin::HfCache {
-                    revision: snapshot_commit(&dir, &id),
-                    repo: id.repo,
-                },
-                dir,
-            });
-        }
+        Ok(dir) => return Ok(found(dir, true)),
         Err(why) => tried.push(format!(
             "Hugging Face cache {}: {why}",
             options.hf_cache.display()
         )),
     }
-
     if options.offline {
         tried.push("Hugging Face hub: skipped because HF_HUB_OFFLINE is set".to_string());
     } else {
         match download(&id, options) {
-            Ok(dir) => {
-                return Ok(ResolvedModel {
-                    name: name.to_string(),
-                    origin: ModelOrigin::HfHub {
-                        revision: snapshot_commit(&dir, &id),
-                        repo: id.repo,
-                    },
-                    dir,
-                });
-            }
+            Ok(dir) => return Ok(found(dir, false)),
             Err(why) => tried.push(format!("Hugging Face hub: {why}")),
         }
     }

@@ -2,9 +2,10 @@
 //! (`../shared/fixtures/minilm`). Needs the model in the cache:
 //! `scripts/fetch-model` (the test scripts run it).
 
-use pulse_models::{
-    DEFAULT_MODEL, DeviceSpec, Embedder, EmbedderOptions, EncoderKind, ModelError, ResolveOptions,
-};
+mod common;
+
+use common::{cosine, offline_cpu_options};
+use pulse_models::{DEFAULT_MODEL, Embedder, EmbedderOptions, EncoderKind, ModelError};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -45,34 +46,14 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
-fn options(encoder: EncoderKind) -> EmbedderOptions {
-    EmbedderOptions {
-        device: DeviceSpec::Cpu,
-        encoder,
-        resolve: ResolveOptions {
-            offline: true,
-            progress: false,
-            ..ResolveOptions::from_env()
-        },
-        ..EmbedderOptions::default()
-    }
-}
-
 fn load(encoder: EncoderKind) -> Embedder {
-    Embedder::load(DEFAULT_MODEL, &options(encoder))
+    Embedder::load(DEFAULT_MODEL, &offline_cpu_options(encoder))
         .unwrap_or_else(|e| panic!("{e}\n(run scripts/fetch-model first)"))
 }
 
 fn embedder() -> &'static Embedder {
     static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
     EMBEDDER.get_or_init(|| load(EncoderKind::Native))
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
 }
 
 /// Embeds `cases` in batches that mix short and long texts: each batch takes
@@ -211,9 +192,12 @@ fn model_copy() -> tempfile::TempDir {
 fn a_directory_without_tokenizer_json_is_a_precise_error() {
     let copy = model_copy();
     std::fs::remove_file(copy.path().join("tokenizer.json")).unwrap();
-    let err = Embedder::load(copy.path().to_str().unwrap(), &options(EncoderKind::Native))
-        .err()
-        .expect("loading must fail");
+    let err = Embedder::load(
+        copy.path().to_str().unwrap(),
+        &offline_cpu_options(EncoderKind::Native),
+    )
+    .err()
+    .expect("loading must fail");
     assert!(
         matches!(
             err,
@@ -235,9 +219,12 @@ fn an_unknown_model_type_is_named() {
         .replace("\"bert\"", "\"funnel-of-doom\"");
     std::fs::remove_file(&config_path).unwrap();
     std::fs::write(&config_path, config).unwrap();
-    let err = Embedder::load(copy.path().to_str().unwrap(), &options(EncoderKind::Native))
-        .err()
-        .expect("loading must fail");
+    let err = Embedder::load(
+        copy.path().to_str().unwrap(),
+        &offline_cpu_options(EncoderKind::Native),
+    )
+    .err()
+    .expect("loading must fail");
     assert!(
         matches!(err, ModelError::UnsupportedArchitecture(ref t) if t == "funnel-of-doom"),
         "{err}"
@@ -250,7 +237,7 @@ fn threads_option_gives_the_same_vectors() {
         DEFAULT_MODEL,
         &EmbedderOptions {
             threads: Some(1),
-            ..options(EncoderKind::Native)
+            ..offline_cpu_options(EncoderKind::Native)
         },
     )
     .unwrap();

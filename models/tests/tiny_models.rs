@@ -2,9 +2,12 @@
 //! models built by the test: shapes, masking, batch invariance, and agreement
 //! with candle-transformers' own implementations of the same architecture.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::xlm_roberta::{self, XLMRobertaModel};
+use common::{cosine, offline_cpu_options};
 use pulse_models::{
     Architecture, DeviceSpec, Embedder, EmbedderOptions, EncoderKind, Pooling, ResolveOptions,
 };
@@ -224,24 +227,7 @@ fn tiny_model(
 }
 
 fn load(dir: &Path, encoder: EncoderKind) -> pulse_models::Result<Embedder> {
-    let options = EmbedderOptions {
-        device: DeviceSpec::Cpu,
-        encoder,
-        resolve: ResolveOptions {
-            offline: true,
-            progress: false,
-            ..ResolveOptions::from_env()
-        },
-        ..EmbedderOptions::default()
-    };
-    Embedder::load(dir.to_str().unwrap(), &options)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
+    Embedder::load(dir.to_str().unwrap(), &offline_cpu_options(encoder))
 }
 
 const TEXTS: [&str; 5] = [

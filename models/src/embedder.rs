@@ -144,6 +144,16 @@ impl Embedder {
     /// Embeds already tokenized texts as one padded batch. The result for a
     /// text does not depend on what else is in the batch.
     pub fn embed_tokenized(&self, batch: &[TokenizedText]) -> Result<Vec<Vec<f32>>> {
+        self.embed_tokenized_with(batch, self.config.normalize)
+    }
+
+    /// As [`Embedder::embed_tokenized`], normalising or not whatever the
+    /// model's own `Normalize` module says.
+    pub fn embed_tokenized_with(
+        &self,
+        batch: &[TokenizedText],
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -154,12 +164,7 @@ impl Embedder {
         self.install(|| {
             let input = batch_input(&sequences, &self.config, &self.device)?;
             let hidden = self.encoder.forward(&input)?;
-            let pooled = pulse_kernels::pool(
-                &hidden,
-                &input.mask,
-                self.config.pooling,
-                self.config.normalize,
-            )?;
+            let pooled = pulse_kernels::pool(&hidden, &input.mask, self.config.pooling, normalize)?;
             Ok(pooled.to_vec2::<f32>()?)
         })
     }
@@ -179,5 +184,14 @@ impl Embedder {
             Some(pool) => pool.install(work),
             None => work(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_embedder_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::Embedder>();
     }
 }

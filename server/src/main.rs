@@ -3,6 +3,8 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
+use pulse_server::config::{LogFormat, ServeArgs, parse_with_file};
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -18,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gRPC and HTTP service.
+    Serve(ServeArgs),
     /// Embed texts from JSON lines or plain lines into JSON lines.
     Embed(commands::embed::EmbedArgs),
     /// Inspect models.
@@ -27,18 +31,38 @@ enum Command {
     },
 }
 
+/// `pulse serve`'s arguments alone, for merging in its `--config` file.
+#[derive(Parser)]
+#[command(name = "pulse serve")]
+struct ServeOnly {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PULSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PULSE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Embed(args) => commands::embed::run(args),
-        Command::Models { command } => commands::models::run(command),
+        Command::Serve(args) => serve(args),
+        Command::Embed(args) => {
+            init_logging(LogFormat::Text);
+            commands::embed::run(args)
+        }
+        Command::Models { command } => {
+            init_logging(LogFormat::Text);
+            commands::models::run(command)
+        }
     };
     match outcome {
         Ok(code) => code,
@@ -46,5 +70,60 @@ fn main() -> ExitCode {
             eprintln!("pulse: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let args = if args.config.is_some() {
+        // Re-parse `pulse serve`'s own arguments with the file's settings
+        // filling what flags and environment leave open.
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        let at = argv.iter().position(|a| a == "serve").unwrap_or(0);
+        let mut own = vec![OsString::from("pulse serve")];
+        own.extend(argv.into_iter().skip(at + 1));
+        match parse_with_file::<ServeOnly>(own) {
+            Ok(parsed) => parsed.args,
+            Err(err) => match err.downcast::<clap::Error>() {
+                Ok(clap_error) => clap_error.exit(),
+                Err(other) => return Err(other),
+            },
+        }
+    } else {
+        args
+    };
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = pulse_server::Server::start(&args).await?;
+        // Scripts and tests read the bound addresses from standard output.
+        println!("grpc listening on {}", server.grpc_addr);
+        println!("http listening on {}", server.http_addr);
+        server.run_until(shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
     }
 }

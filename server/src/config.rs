@@ -1,0 +1,227 @@
+//! `pulse serve` configuration: flags, `PULSE_*` environment variables and
+//! an optional TOML file, in that order of precedence.
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser};
+use pulse_models::{DEFAULT_MODEL, DTypeSpec, DeviceSpec, EncoderKind};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys as the flags, `-` or `_`).
+    #[arg(long, env = "PULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A model to serve, `NAME=SOURCE` or `SOURCE` (repeatable; the first is
+    /// the default). SOURCE is a local directory or a Hugging Face id.
+    #[arg(long = "model", env = "PULSE_MODEL", value_delimiter = ',', default_value = DEFAULT_MODEL)]
+    pub models: Vec<String>,
+    /// Address of the gRPC server.
+    #[arg(long, env = "PULSE_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP server (OpenAI-compatible embeddings, health, metrics).
+    #[arg(long, env = "PULSE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// auto, cpu or cuda[:N].
+    #[arg(long, env = "PULSE_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// auto (f32 on CPU, f16 on CUDA), f32, f16 or bf16.
+    #[arg(long, env = "PULSE_DTYPE", default_value = "auto")]
+    pub dtype: DTypeSpec,
+    /// Threads for each model's CPU forward pass [default: all cores].
+    #[arg(long, env = "PULSE_THREADS")]
+    pub threads: Option<NonZeroUsize>,
+    /// native, or candle (candle-transformers' BertModel, the reference).
+    #[arg(long, env = "PULSE_ENCODER", default_value = "native")]
+    pub encoder: EncoderKind,
+    /// Padded tokens one forward pass may hold.
+    #[arg(long, env = "PULSE_MAX_BATCH_TOKENS", default_value = "16384")]
+    pub max_batch_tokens: NonZeroUsize,
+    /// Texts one forward pass may hold.
+    #[arg(long, env = "PULSE_MAX_BATCH_TEXTS", default_value = "64")]
+    pub max_batch_texts: NonZeroUsize,
+    /// How long a short queue waits for company, in milliseconds.
+    #[arg(long, env = "PULSE_MAX_WAIT_MS", default_value = "5")]
+    pub max_wait_ms: u64,
+    /// Tokens that may wait per model; beyond it requests get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PULSE_MAX_QUEUE_TOKENS", default_value = "1048576")]
+    pub max_queue_tokens: NonZeroUsize,
+    /// Inputs one request may carry.
+    #[arg(long, env = "PULSE_MAX_INPUTS", default_value = "2048")]
+    pub max_inputs: NonZeroUsize,
+    /// Requests with at most this many inputs are interactive (served first).
+    #[arg(long, env = "PULSE_INTERACTIVE_INPUTS", default_value = "8")]
+    pub interactive_inputs: usize,
+    /// Requests a stream may have in flight before it stops reading.
+    #[arg(long, env = "PULSE_STREAM_WINDOW", default_value = "2048")]
+    pub stream_window: NonZeroUsize,
+    /// Largest gRPC or HTTP message, in bytes.
+    #[arg(long, env = "PULSE_MAX_MESSAGE_BYTES", default_value = "67108864")]
+    pub max_message_bytes: NonZeroUsize,
+    /// Embeddings kept in each model's content-hash cache (0: no cache).
+    #[arg(long, env = "PULSE_CACHE_CAPACITY", default_value = "65536")]
+    pub cache_capacity: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "PULSE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A model to serve: the name requests use and where to load it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub source: String,
+}
+
+impl ServeArgs {
+    pub fn model_specs(&self) -> anyhow::Result<Vec<ModelSpec>> {
+        let mut specs: Vec<ModelSpec> = Vec::new();
+        for entry in &self.models {
+            let (name, source) = match entry.split_once('=') {
+                Some((name, source)) => (name.trim(), source.trim()),
+                None => (entry.trim(), entry.trim()),
+            };
+            if name.is_empty() || source.is_empty() {
+                bail!("invalid --model `{entry}`: expected NAME=SOURCE or SOURCE");
+            }
+            if specs.iter().any(|s| s.name == name) {
+                bail!("model name `{name}` is given twice");
+            }
+            specs.push(ModelSpec {
+                name: name.to_string(),
+                source: source.to_string(),
+            });
+        }
+        Ok(specs)
+    }
+}
+
+/// Parses `args` (program name first) as a command with `T` as its
+/// arguments, filling what neither the command line nor the environment
+/// gives from the TOML file named by `--config`.
+pub fn parse_with_file<T: Parser>(args: Vec<OsString>) -> anyhow::Result<T> {
+    let matches = T::command().try_get_matches_from(args.clone())?;
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return Ok(T::from_arg_matches(&matches)?);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let command = T::command();
+    let mut merged = args;
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let Some(arg) = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+        else {
+            bail!("{}: unknown setting `{key}`", path.display());
+        };
+        let given = matches!(
+            matches.value_source(arg.get_id().as_str()),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        );
+        if given {
+            continue;
+        }
+        if arg.get_id() == "config" {
+            bail!("{}: `config` cannot name another file", path.display());
+        }
+        let values = match value {
+            toml::Value::Array(items) => items,
+            single => vec![single],
+        };
+        for value in values {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!("{}: `{key}` cannot be {}", path.display(), other.type_str()),
+            };
+            merged.push(OsString::from(format!("--{long}={text}")));
+        }
+    }
+    let matches = T::command().try_get_matches_from(merged)?;
+    Ok(T::from_arg_matches(&matches)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Probe {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<ServeArgs> {
+        let mut all = vec![OsString::from("pulse")];
+        all.extend(args.iter().map(OsString::from));
+        parse_with_file::<Probe>(all).map(|p| p.serve)
+    }
+
+    #[test]
+    fn parses_model_specs() {
+        let args = parse(&["--model", "mini=/models/mini", "--model", "org/other"]).unwrap();
+        assert_eq!(
+            args.model_specs().unwrap(),
+            vec![
+                ModelSpec {
+                    name: "mini".into(),
+                    source: "/models/mini".into()
+                },
+                ModelSpec {
+                    name: "org/other".into(),
+                    source: "org/other".into()
+                },
+            ]
+        );
+        let twice = parse(&["--model", "a=x", "--model", "a=y"]).unwrap();
+        assert!(
+            twice
+                .model_specs()
+                .unwrap_err()
+                .to_string()
+                .contains("given twice")
+        );
+    }
+
+    #[test]
+    fn file_fills_what_flags_do_not_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pulse.toml");
+        std::fs::write(
+            &file,
+            "max-wait-ms = 9\nmax_batch_texts = 7\nmodel = [\"a=x\", \"b=y\"]\nlog-format = \"json\"\n",
+        )
+        .unwrap();
+        let args = parse(&["--config", file.to_str().unwrap(), "--max-batch-texts", "3"]).unwrap();
+        assert_eq!(args.max_wait_ms, 9);
+        assert_eq!(args.max_batch_texts.get(), 3, "the flag wins over the file");
+        assert_eq!(args.model_specs().unwrap().len(), 2);
+        assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_file_settings_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pulse.toml");
+        std::fs::write(&file, "max-wiat-ms = 9\n").unwrap();
+        let err = parse(&["--config", file.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown setting `max-wiat-ms`"), "{err}");
+    }
+}

@@ -1,0 +1,231 @@
+//! HTTP beside gRPC: OpenAI-compatible `POST /v1/embeddings`, `GET /health`,
+//! `GET /ready` and Prometheus `GET /metrics`.
+
+use crate::batcher::Priority;
+use crate::grpc::{Limits, status_of};
+use crate::models::{EmbedOptions, Registry};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub registry: Arc<Registry>,
+    pub limits: Limits,
+    pub ready: Arc<AtomicBool>,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<HttpState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "warming up").into_response()
+    }
+}
+
+async fn render_metrics(State(state): State<HttpState>) -> String {
+    for model in state.registry.all() {
+        metrics::gauge!("pulse_queue_tokens", "model" => model.name.clone())
+            .set(model.queued_tokens() as f64);
+    }
+    state.metrics.render()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    input: Value,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+/// An error in OpenAI's shape.
+fn error(status: StatusCode, kind: &str, param: Option<&str>, message: String) -> Response {
+    metrics::counter!("pulse_requests_total", "api" => "http", "outcome" => kind.to_string())
+        .increment(1);
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": null}});
+    (status, Json(body)).into_response()
+}
+
+fn http_status(code: tonic::Code) -> StatusCode {
+    match code {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn embeddings(
+    State(state): State<HttpState>,
+    body: Result<Json<EmbeddingsRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                rejection.body_text(),
+            );
+        }
+    };
+    let texts = match serde_json::from_value::<Input>(request.input) {
+        Ok(Input::One(text)) => vec![text],
+        Ok(Input::Many(texts)) => texts,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("input"),
+                "`input` must be a string or an array of strings (token arrays are not supported)"
+                    .into(),
+            );
+        }
+    };
+    if texts.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("input"),
+            "`input` is empty".into(),
+        );
+    }
+    if texts.len() > state.limits.max_inputs {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("input"),
+            format!(
+                "`input` has {} items; the limit is {} (--max-inputs)",
+                texts.len(),
+                state.limits.max_inputs
+            ),
+        );
+    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("encoding_format"),
+                format!("`encoding_format` must be float or base64, not `{other}`"),
+            );
+        }
+    };
+    let Some(model) = state.registry.get(&request.model).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model"),
+            format!(
+                "model `{}` is not served; served models: {}",
+                request.model,
+                state.registry.names().join(", ")
+            ),
+        );
+    };
+    if let Some(dimensions) = request.dimensions
+        && dimensions != model.info().dimension
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("dimensions"),
+            format!(
+                "model `{}` makes {}-dimensional vectors and cannot shorten them",
+                model.name,
+                model.info().dimension
+            ),
+        );
+    }
+    let options = EmbedOptions {
+        normalize: None,
+        truncate: true,
+        priority: if texts.len() > state.limits.interactive_inputs {
+            Priority::Bulk
+        } else {
+            Priority::Interactive
+        },
+        deadline: None,
+    };
+    let outcome = match model.embed(&texts, &options).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            let status = status_of(err);
+            return error(
+                http_status(status.code()),
+                "server_error",
+                None,
+                status.message().to_string(),
+            );
+        }
+    };
+    let mut data = Vec::with_capacity(outcome.items.len());
+    for (index, item) in outcome.items.into_iter().enumerate() {
+        let embedded = match item {
+            Ok(embedded) => embedded,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    Some("input"),
+                    format!("input {index}: {}", e.message),
+                );
+            }
+        };
+        let embedding = if base64 {
+            let bytes: Vec<u8> = embedded
+                .vector
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            json!(embedded.vector)
+        };
+        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+    }
+    metrics::counter!("pulse_requests_total", "api" => "http", "outcome" => "ok").increment(1);
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model.name,
+        "usage": {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens},
+    }))
+    .into_response()
+}

@@ -1,0 +1,208 @@
+//! The pulse service: gRPC and HTTP APIs over a dynamic batcher per model.
+
+pub mod batcher;
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod models;
+
+use crate::batcher::BatcherConfig;
+use crate::config::ServeArgs;
+use crate::grpc::{EmbeddingApi, Limits, ModelApi};
+use crate::models::{EmbedOptions, Registry, ServedModel};
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use pulse_models::EmbedderOptions;
+use pulse_proto::v1::embedding_service_server::EmbeddingServiceServer;
+use pulse_proto::v1::model_service_server::ModelServiceServer;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// The process-wide Prometheus recorder (the `metrics` facade has one).
+pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
+}
+
+/// A running server.
+pub struct Server {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Loads the models, binds both addresses and starts serving. Health says
+    /// NOT_SERVING (and `/ready` 503) until every model has warmed up.
+    pub async fn start(args: &ServeArgs) -> anyhow::Result<Server> {
+        let metrics = metrics_handle()?;
+        let specs = args.model_specs()?;
+        let embedder_options = EmbedderOptions {
+            device: args.device,
+            dtype: args.dtype,
+            threads: args.threads.map(|n| n.get()),
+            encoder: args.encoder,
+            ..EmbedderOptions::default()
+        };
+        let batching = BatcherConfig {
+            max_batch_tokens: args.max_batch_tokens.get(),
+            max_batch_texts: args.max_batch_texts.get(),
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            max_queue_tokens: args.max_queue_tokens.get(),
+        };
+        let cache_capacity = args.cache_capacity;
+        let (models, workers) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut models = Vec::new();
+            let mut workers = Vec::new();
+            for (i, spec) in specs.iter().enumerate() {
+                let (model, worker) =
+                    ServedModel::load(&spec.name, &spec.source, i == 0, &embedder_options, batching.clone(), cache_capacity)
+                        .with_context(|| format!("cannot load model `{}`", spec.name))?;
+                tracing::info!(model = %spec.name, source = %spec.source, device = %model.info().device, "model loaded");
+                models.push(model);
+                workers.push(worker);
+            }
+            Ok((models, workers))
+        })
+        .await??;
+        let registry = Arc::new(Registry::new(models));
+
+        let grpc_listener = TcpListener::bind(args.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
+        let http_listener = TcpListener::bind(args.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.http_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+
+        let limits = Limits {
+            max_inputs: args.max_inputs.get(),
+            interactive_inputs: args.interactive_inputs,
+            stream_window: args.stream_window.get(),
+        };
+        let max_message = args.max_message_bytes.get();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, tonic_health::ServingStatus::NotServing).await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pulse_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the reflection service")?;
+        let embedding = EmbeddingServiceServer::new(EmbeddingApi {
+            registry: registry.clone(),
+            limits: limits.clone(),
+        })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+        let model_service = ModelServiceServer::new(ModelApi {
+            registry: registry.clone(),
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let router = http::router(
+            http::HttpState {
+                registry: registry.clone(),
+                limits,
+                ready: ready.clone(),
+                metrics,
+            },
+            max_message,
+        );
+
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(embedding)
+            .add_service(model_service)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                until_stopped(stopped.clone()),
+            );
+        let http = axum::serve(http_listener, router)
+            .with_graceful_shutdown(until_stopped(stopped.clone()));
+
+        let warm_registry = registry.clone();
+        let task = tokio::spawn(async move {
+            let warm_up = async move {
+                for model in warm_registry.all() {
+                    let options = EmbedOptions {
+                        normalize: None,
+                        truncate: true,
+                        priority: batcher::Priority::Interactive,
+                        deadline: None,
+                    };
+                    if let Err(err) = model.embed(&["warm-up".to_string()], &options).await {
+                        tracing::error!(model = %model.name, error = %err, "warm-up failed");
+                        return;
+                    }
+                }
+                set_health(&health, tonic_health::ServingStatus::Serving).await;
+                ready.store(true, Ordering::Release);
+                tracing::info!("serving");
+            };
+            let (grpc_result, http_result, ()) = tokio::join!(grpc, async { http.await }, warm_up);
+            // Both servers have answered what they accepted; dropping the last
+            // handles lets each model worker finish its queue and stop.
+            drop(registry);
+            tokio::task::spawn_blocking(move || {
+                for worker in workers {
+                    let _ = worker.join();
+                }
+            })
+            .await?;
+            grpc_result.context("gRPC server failed")?;
+            http_result.context("HTTP server failed")?;
+            Ok(())
+        });
+        Ok(Server {
+            grpc_addr,
+            http_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting, answers what was accepted, then returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await?
+    }
+
+    /// Runs until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        signal.await;
+        tracing::info!("shutting down: finishing accepted work");
+        self.shutdown().await
+    }
+}
+
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status("", status).await;
+    for service in ["pulse.v1.EmbeddingService", "pulse.v1.ModelService"] {
+        reporter.set_service_status(service, status).await;
+    }
+}

@@ -11,6 +11,7 @@ use crate::config::ServeArgs;
 use crate::grpc::{EmbeddingApi, Limits, ModelApi};
 use crate::models::{EmbedOptions, Registry, ServedModel};
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pulse_models::EmbedderOptions;
 use pulse_proto::v1::embedding_service_server::EmbeddingServiceServer;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// The process-wide Prometheus recorder (the `metrics` facade has one).
 pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
@@ -133,9 +134,15 @@ impl Server {
             .add_service(embedding)
             .add_service(model_service)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                // Small replies must not wait for the peer's delayed ACK.
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 until_stopped(stopped.clone()),
             );
+        let http_listener = http_listener.tap_io(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        });
         let http = axum::serve(http_listener, router)
             .with_graceful_shutdown(until_stopped(stopped.clone()));
 

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser};
-use pulse_models::{DEFAULT_MODEL, DTypeSpec, DeviceSpec, EncoderKind};
+use pulse_models::{DEFAULT_MODEL, DTypeSpec, DeviceSpec, EmbedderOptions, EncoderKind};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -24,18 +24,8 @@ pub struct ServeArgs {
     /// Address of the HTTP server (OpenAI-compatible embeddings, health, metrics).
     #[arg(long, env = "PULSE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
-    /// auto, cpu or cuda[:N].
-    #[arg(long, env = "PULSE_DEVICE", default_value = "auto")]
-    pub device: DeviceSpec,
-    /// auto (f32 on CPU, f16 on CUDA), f32, f16 or bf16.
-    #[arg(long, env = "PULSE_DTYPE", default_value = "auto")]
-    pub dtype: DTypeSpec,
-    /// Threads for each model's CPU forward pass [default: all cores].
-    #[arg(long, env = "PULSE_THREADS")]
-    pub threads: Option<NonZeroUsize>,
-    /// native, or candle (candle-transformers' BertModel, the reference).
-    #[arg(long, env = "PULSE_ENCODER", default_value = "native")]
-    pub encoder: EncoderKind,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Padded tokens one forward pass may hold.
     #[arg(long, env = "PULSE_MAX_BATCH_TOKENS", default_value = "16384")]
     pub max_batch_tokens: NonZeroUsize,
@@ -66,6 +56,35 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "PULSE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// How to run models; shared by every command that loads one.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// auto, cpu or cuda[:N].
+    #[arg(long, env = "PULSE_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// auto (f32 on CPU, f16 on CUDA), f32, f16 or bf16.
+    #[arg(long, env = "PULSE_DTYPE", default_value = "auto")]
+    pub dtype: DTypeSpec,
+    /// Threads for each model's CPU forward pass [default: all cores].
+    #[arg(long, env = "PULSE_THREADS")]
+    pub threads: Option<NonZeroUsize>,
+    /// native, or candle (candle-transformers' BertModel, the reference).
+    #[arg(long, env = "PULSE_ENCODER", default_value = "native")]
+    pub encoder: EncoderKind,
+}
+
+impl EngineArgs {
+    pub fn embedder_options(&self) -> EmbedderOptions {
+        EmbedderOptions {
+            device: self.device,
+            dtype: self.dtype,
+            threads: self.threads.map(NonZeroUsize::get),
+            encoder: self.encoder,
+            ..EmbedderOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -26,15 +26,6 @@ pub struct EmbeddingApi {
 }
 
 impl EmbeddingApi {
-    fn model(&self, name: &str) -> Result<Arc<ServedModel>, Status> {
-        self.registry.get(name).cloned().ok_or_else(|| {
-            Status::not_found(format!(
-                "model `{name}` is not served; served models: {}",
-                self.registry.names().join(", ")
-            ))
-        })
-    }
-
     /// Runs one request; `streamed` requests are bulk work.
     async fn embed_one(
         &self,
@@ -71,7 +62,10 @@ impl EmbeddingApi {
                 self.limits.max_inputs
             )));
         }
-        let model = self.model(&request.model)?;
+        let model = self
+            .registry
+            .find(&request.model)
+            .map_err(|e| Status::not_found(e.to_string()))?;
         let priority = if streamed || request.inputs.len() > self.limits.interactive_inputs {
             Priority::Bulk
         } else {
@@ -272,12 +266,10 @@ impl pb::model_service_server::ModelService for ModelApi {
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
         let name = request.into_inner().name;
-        let model = self.registry.get(&name).ok_or_else(|| {
-            Status::not_found(format!(
-                "model `{name}` is not served; served models: {}",
-                self.registry.names().join(", ")
-            ))
-        })?;
-        Ok(Response::new(model_info(model)))
+        let model = self
+            .registry
+            .find(&name)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(model_info(&model)))
     }
 }

@@ -147,17 +147,16 @@ async fn embeddings(
             );
         }
     };
-    let Some(model) = state.registry.get(&request.model).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("model"),
-            format!(
-                "model `{}` is not served; served models: {}",
-                request.model,
-                state.registry.names().join(", ")
-            ),
-        );
+    let model = match state.registry.find(&request.model) {
+        Ok(model) => model,
+        Err(unknown) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model"),
+                unknown.to_string(),
+            );
+        }
     };
     if let Some(dimensions) = request.dimensions
         && dimensions != model.info().dimension

@@ -13,7 +13,6 @@ use crate::models::{EmbedOptions, Registry, ServedModel};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use pulse_models::EmbedderOptions;
 use pulse_proto::v1::embedding_service_server::EmbeddingServiceServer;
 use pulse_proto::v1::model_service_server::ModelServiceServer;
 use std::net::SocketAddr;
@@ -52,13 +51,7 @@ impl Server {
     pub async fn start(args: &ServeArgs) -> anyhow::Result<Server> {
         let metrics = metrics_handle()?;
         let specs = args.model_specs()?;
-        let embedder_options = EmbedderOptions {
-            device: args.device,
-            dtype: args.dtype,
-            threads: args.threads.map(|n| n.get()),
-            encoder: args.encoder,
-            ..EmbedderOptions::default()
-        };
+        let embedder_options = args.engine.embedder_options();
         let batching = BatcherConfig {
             max_batch_tokens: args.max_batch_tokens.get(),
             max_batch_texts: args.max_batch_texts.get(),

@@ -252,6 +252,13 @@ fn finish_vector(entry: &CachedVector, normalize: bool, cached: bool) -> Embedde
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("model `{name}` is not served; served models: {}", served.join(", "))]
+pub struct UnknownModel {
+    pub name: String,
+    pub served: Vec<String>,
+}
+
 /// The models one server runs; the first is the default.
 pub struct Registry {
     models: Vec<Arc<ServedModel>>,
@@ -267,14 +274,15 @@ impl Registry {
     }
 
     /// The model called `name`; an empty name is the default model.
-    pub fn get(&self, name: &str) -> Option<&Arc<ServedModel>> {
-        if name.is_empty() {
-            return self.models.iter().find(|m| m.is_default);
-        }
-        self.models.iter().find(|m| m.name == name)
-    }
-
-    pub fn names(&self) -> Vec<&str> {
-        self.models.iter().map(|m| m.name.as_str()).collect()
+    pub fn find(&self, name: &str) -> Result<Arc<ServedModel>, UnknownModel> {
+        let found = if name.is_empty() {
+            self.models.iter().find(|m| m.is_default)
+        } else {
+            self.models.iter().find(|m| m.name == name)
+        };
+        found.cloned().ok_or_else(|| UnknownModel {
+            name: name.to_string(),
+            served: self.models.iter().map(|m| m.name.clone()).collect(),
+        })
     }
 }

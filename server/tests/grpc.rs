@@ -111,6 +111,16 @@ fn vector(result: &pb::EmbedResult) -> &pb::Embedding {
     }
 }
 
+/// The server still answers a plain request.
+async fn assert_still_serving(api: &mut EmbeddingServiceClient<Channel>) {
+    let fine = api
+        .embed(request(&["still serving"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vector(&fine.results[0]).values.len(), 384);
+}
+
 const TEXTS: [&str; 8] = [
     "Nike's new running shoes feel amazing",
     "the coffee at this Starbucks was cold again",
@@ -258,12 +268,7 @@ async fn bad_requests_get_precise_statuses() {
     );
 
     // Still serving after all of that.
-    let fine = api
-        .embed(request(&["still here"]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(vector(&fine.results[0]).values.len(), 384);
+    assert_still_serving(&mut api).await;
     server.shutdown().await.unwrap();
 }
 
@@ -295,12 +300,7 @@ async fn a_full_queue_refuses_at_once_and_keeps_serving() {
     );
     assert_eq!(refused[0].code(), Code::ResourceExhausted);
     assert!(refused[0].message().contains("queue is full"));
-    let fine = first
-        .embed(request(&["after the rush"]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(vector(&fine.results[0]).values.len(), 384);
+    assert_still_serving(&mut first).await;
     server.shutdown().await.unwrap();
 }
 
@@ -323,12 +323,7 @@ async fn a_client_leaving_mid_stream_does_not_hurt_the_server() {
         // Dropping the response stream here cancels the call mid-way.
     }
     let mut api = EmbeddingServiceClient::new(channel);
-    let fine = api
-        .embed(request(&["still serving"]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(vector(&fine.results[0]).values.len(), 384);
+    assert_still_serving(&mut api).await;
     server.shutdown().await.unwrap();
 }
 

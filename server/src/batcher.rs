@@ -449,7 +449,11 @@ impl Worker {
         let batch_number = self.batches;
         self.batches += 1;
         let started = Instant::now();
-        let result = self.backend.embed(&texts);
+        // A panic deep in the numeric stack fails this batch, not the worker:
+        // the model keeps serving the requests after it.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.backend.embed(&texts)))
+                .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
         let elapsed = started.elapsed();
 
         let model = self.model.to_string();
@@ -569,11 +573,15 @@ mod tests {
     }
 
     const BLOCK: u32 = 999;
+    const PANIC: u32 = 666;
 
     impl Backend for Recorder {
         fn embed(&self, batch: &[TokenizedText]) -> Result<Vec<Vec<f32>>, String> {
             let seen: Vec<(u32, usize)> = batch.iter().map(|t| (t.ids[0], t.len())).collect();
             self.batches.lock().unwrap().push(seen);
+            if batch[0].ids[0] == PANIC {
+                panic!("a backend bug");
+            }
             if batch[0].ids[0] == BLOCK {
                 self.started.lock().unwrap().send(()).unwrap();
                 self.gate.lock().unwrap().recv().unwrap();
@@ -799,5 +807,24 @@ mod tests {
                 .submit(vec![text(4, 10)], Priority::Bulk, None)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_failing_batch_fails_its_jobs_and_the_worker_goes_on() {
+        let h = harness(config(1000, 8, 0));
+        let doomed = h
+            .batcher
+            .submit(vec![text(PANIC, 3)], Priority::Interactive, None)
+            .unwrap();
+        assert_eq!(
+            wait(doomed).unwrap_err(),
+            JobError::Inference("the forward pass panicked".into())
+        );
+        let fine = h
+            .batcher
+            .submit(vec![text(5, 3)], Priority::Interactive, None)
+            .unwrap();
+        assert_eq!(&*wait(fine).unwrap().vectors[0], &[5.0, 3.0]);
+        assert_eq!(h.batcher.queued_tokens(), 0);
     }
 }

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -213,18 +213,55 @@ async fn embeddings(
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
-            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+            EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
         } else {
-            json!(embedded.vector)
+            EmbeddingValue::Float(embedded.vector)
         };
-        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+        data.push(EmbeddingData {
+            object: "embedding",
+            index,
+            embedding,
+        });
     }
     metrics::counter!("pulse_requests_total", "api" => "http", "outcome" => "ok").increment(1);
-    Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model.name,
-        "usage": {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens},
-    }))
+    Json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: model.name.clone(),
+        usage: Usage {
+            prompt_tokens: outcome.tokens,
+            total_tokens: outcome.tokens,
+        },
+    })
     .into_response()
+}
+
+// Typed rather than `serde_json::Value`, so vectors are written as f32
+// (shortest form) instead of being widened to f64.
+#[derive(Serialize)]
+struct EmbeddingsResponse {
+    object: &'static str,
+    data: Vec<EmbeddingData>,
+    model: String,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingData {
+    object: &'static str,
+    index: usize,
+    embedding: EmbeddingValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
 }

@@ -5,6 +5,7 @@ mod commands;
 use clap::{Parser, Subcommand};
 use pulse_server::config::{LogFormat, ServeArgs, parse_with_file};
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -44,6 +45,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pulse_models::{Embedder, TokenizedText};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::num::NonZeroUsize;
@@ -133,6 +133,23 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One output line. Typed rather than `serde_json::Value`, so vectors are
+/// written as f32 (shortest form) instead of being widened to f64.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Record<'a> {
+    Embedded {
+        id: &'a Value,
+        embedding: Vec<f32>,
+        tokens: usize,
+        truncated: bool,
+    },
+    Failed {
+        id: &'a Value,
+        error: &'a str,
+    },
+}
+
 struct Summary {
     embedded: usize,
     failed: usize,
@@ -219,13 +236,18 @@ fn embed_window(
             Entry::Text { id, .. } | Entry::Invalid { id, .. } => id,
         };
         let record = match (result, vector) {
-            (Ok(tokens), Some(vector)) => {
+            (Ok(tokens), Some(embedding)) => {
                 summary.embedded += 1;
-                json!({"id": id, "embedding": vector, "tokens": tokens.len(), "truncated": tokens.truncated})
+                Record::Embedded {
+                    id,
+                    embedding,
+                    tokens: tokens.len(),
+                    truncated: tokens.truncated,
+                }
             }
             (Err(error), _) => {
                 summary.failed += 1;
-                json!({"id": id, "error": error})
+                Record::Failed { id, error }
             }
             (Ok(_), None) => unreachable!("every tokenized text is embedded"),
         };
@@ -238,6 +260,7 @@ fn embed_window(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn text_of(entry: Option<Entry>) -> (Value, String) {
         match entry {

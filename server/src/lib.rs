@@ -5,6 +5,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod models;
+pub mod store;
 
 use crate::batcher::BatcherConfig;
 use crate::config::ServeArgs;

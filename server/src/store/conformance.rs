@@ -1,0 +1,200 @@
+//! One behavioural suite every `VectorStore` must pass.
+
+use super::*;
+use std::collections::HashSet;
+
+const DIMENSION: usize = 16;
+const POINTS: usize = 10_000;
+const BRANDS: [&str; 3] = ["acme", "globex", "initech"];
+const SOURCES: [&str; 4] = ["x", "reddit", "news", "chatbot"];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+    }
+
+    fn vector(&mut self) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..DIMENSION).map(|_| self.unit()).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    }
+}
+
+fn point(rng: &mut Rng, i: usize) -> PointRecord {
+    let payload = json!({
+        "signal_id": format!("s{i}"),
+        "brand": BRANDS[i % BRANDS.len()],
+        "source": SOURCES[(i / 3) % SOURCES.len()],
+        "ts": 1_700_000_000_000i64 + (i as i64) * 60_000,
+        "text": format!("signal {i}"),
+    });
+    let Value::Object(payload) = payload else {
+        unreachable!()
+    };
+    PointRecord {
+        id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("point-{i}").as_bytes()),
+        vector: Some(rng.vector()),
+        payload,
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Runs the suite on a fresh store from `open`; `open` is called again on
+/// the same storage to check that data outlives the handle.
+pub async fn run<S: VectorStore>(open: impl Fn() -> S) {
+    let store = open();
+    let name = "conformance";
+    store.ensure_collection(name, DIMENSION).await.unwrap();
+    store.ensure_collection(name, DIMENSION).await.unwrap();
+    assert!(matches!(
+        store.ensure_collection(name, DIMENSION + 1).await,
+        Err(StoreError::Dimension { .. })
+    ));
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let points: Vec<PointRecord> = (0..POINTS).map(|i| point(&mut rng, i)).collect();
+    for chunk in points.chunks(500) {
+        store.upsert(name, chunk.to_vec()).await.unwrap();
+    }
+    let everything = SignalFilter::default();
+    assert_eq!(store.count(name, &everything).await.unwrap(), POINTS);
+
+    // Writing the same ids again replaces, never duplicates.
+    let mut again: Vec<PointRecord> = points[..1000].to_vec();
+    for p in &mut again {
+        p.payload.insert("text".into(), json!("rewritten"));
+    }
+    store.upsert(name, again).await.unwrap();
+    assert_eq!(store.count(name, &everything).await.unwrap(), POINTS);
+    let fetched = store.retrieve(name, &[points[3].id]).await.unwrap();
+    assert_eq!(fetched[0].payload["text"], "rewritten");
+    let stored = fetched[0].vector.as_ref().unwrap();
+    assert!(dot(stored, points[3].vector.as_ref().unwrap()) > 0.9999);
+
+    // Filtered search agrees with brute force over the same data.
+    let filters = [
+        everything.clone(),
+        SignalFilter {
+            brand: Some("globex".into()),
+            ..Default::default()
+        },
+        SignalFilter {
+            brand: Some("acme".into()),
+            sources: vec!["reddit".into(), "news".into()],
+            ..Default::default()
+        },
+        SignalFilter {
+            sources: vec!["chatbot".into()],
+            ts_from: Some(1_700_000_000_000 + 2_000 * 60_000),
+            ts_to: Some(1_700_000_000_000 + 4_000 * 60_000),
+            ..Default::default()
+        },
+    ];
+    for (k, filter) in filters.iter().enumerate() {
+        let query = rng.vector();
+        let hits = store
+            .search(name, query.clone(), filter, 10, true)
+            .await
+            .unwrap();
+        let mut expected: Vec<(f32, Uuid)> = points
+            .iter()
+            .filter(|p| filter.matches(&p.payload))
+            .map(|p| (dot(&query, p.vector.as_ref().unwrap()), p.id))
+            .collect();
+        expected.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let expected: Vec<Uuid> = expected.iter().take(10).map(|(_, id)| *id).collect();
+        let got: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
+        assert_eq!(got, expected, "filter {k}");
+        for hit in &hits {
+            assert!(filter.matches(hit.payload.as_ref().unwrap()), "filter {k}");
+        }
+        let matching = points.iter().filter(|p| filter.matches(&p.payload)).count();
+        assert_eq!(
+            store.count(name, filter).await.unwrap(),
+            matching,
+            "filter {k}"
+        );
+    }
+
+    // Scrolling visits every point once.
+    let mut seen = HashSet::new();
+    let mut after = None;
+    loop {
+        let (page, next) = store
+            .scroll(name, &everything, after, 1000, false)
+            .await
+            .unwrap();
+        for record in page {
+            assert!(seen.insert(record.id));
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), POINTS);
+
+    // Rejected writes store nothing.
+    let mut bad = point(&mut rng, POINTS + 1);
+    bad.vector.as_mut().unwrap()[0] = f32::NAN;
+    assert!(matches!(
+        store
+            .upsert(name, vec![point(&mut rng, POINTS + 2), bad])
+            .await,
+        Err(StoreError::InvalidPoint { .. })
+    ));
+    let mut short = point(&mut rng, POINTS + 3);
+    short.vector.as_mut().unwrap().pop();
+    assert!(matches!(
+        store.upsert(name, vec![short]).await,
+        Err(StoreError::Dimension { .. })
+    ));
+    assert_eq!(store.count(name, &everything).await.unwrap(), POINTS);
+
+    // Deleting by filter and by id.
+    let globex = SignalFilter {
+        brand: Some("globex".into()),
+        ..Default::default()
+    };
+    let globex_count = points.iter().filter(|p| globex.matches(&p.payload)).count();
+    store.delete(name, &globex).await.unwrap();
+    assert_eq!(store.count(name, &globex).await.unwrap(), 0);
+    store.delete_ids(name, &[points[0].id]).await.unwrap();
+    let remaining = POINTS - globex_count - 1;
+    assert_eq!(store.count(name, &everything).await.unwrap(), remaining);
+    assert!(
+        store.delete(name, &everything).await.is_err(),
+        "an empty filter must not wipe a collection"
+    );
+
+    // The data outlives the handle.
+    drop(store);
+    let reopened = open();
+    assert_eq!(reopened.count(name, &everything).await.unwrap(), remaining);
+    let fetched = reopened.retrieve(name, &[points[3].id]).await.unwrap();
+    assert_eq!(fetched[0].payload["text"], "rewritten");
+    assert!(matches!(
+        reopened.count("no-such-collection", &everything).await,
+        Err(StoreError::NoCollection(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(move || EmbeddedStore::open(&root).unwrap()).await;
+}

@@ -1,0 +1,377 @@
+//! The embedded store: one `qdrant-edge` shard per collection under a data
+//! directory. `qdrant-edge` is synchronous, so every call runs on tokio's
+//! blocking pool.
+
+use super::{
+    INDEXED_FIELDS, IndexKind, PointRecord, ScoredRecord, SignalFilter, StoreError, VectorStore,
+    check_points,
+};
+use parking_lot::Mutex;
+use qdrant_edge::{
+    CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder,
+    FieldIndexOperations, Filter, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId,
+    PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest, SearchRequest,
+    UpdateOperation, VectorStructInternal, WithPayloadInterface, WithVector,
+};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use uuid::Uuid;
+
+struct Collection {
+    shard: EdgeShard,
+    dimension: usize,
+    /// `EdgeShard::flush` insists on taking the write-ahead log's lock
+    /// without waiting, so writes and flushes take turns here.
+    writer: Mutex<()>,
+}
+
+pub struct EmbeddedStore {
+    root: PathBuf,
+    collections: Mutex<HashMap<String, Arc<Collection>>>,
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) a store under `root`, loading every collection
+    /// already there.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let dir = root.join("collections");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| backend(format!("cannot create {}: {e}", dir.display())))?;
+        let mut collections = HashMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(backend)? {
+            let entry = entry.map_err(backend)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let shard = EdgeShard::load(&entry.path(), None)
+                .map_err(|e| backend(format!("cannot load collection `{name}`: {e}")))?;
+            let dimension = shard
+                .config()
+                .vectors
+                .values()
+                .next()
+                .map(|params| params.size)
+                .ok_or_else(|| backend(format!("collection `{name}` has no vector")))?;
+            collections.insert(
+                name,
+                Arc::new(Collection {
+                    shard,
+                    dimension,
+                    writer: Mutex::new(()),
+                }),
+            );
+        }
+        Ok(EmbeddedStore {
+            root: root.to_path_buf(),
+            collections: Mutex::new(collections),
+        })
+    }
+
+    fn collection(&self, name: &str) -> Result<Arc<Collection>, StoreError> {
+        self.collections
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::NoCollection(name.to_string()))
+    }
+
+    /// Runs `work` on the collection off the async runtime.
+    async fn with<T: Send + 'static>(
+        &self,
+        name: &str,
+        work: impl FnOnce(&Collection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let collection = self.collection(name)?;
+        tokio::task::spawn_blocking(move || work(&collection))
+            .await
+            .map_err(backend)?
+    }
+
+    fn create(&self, name: &str, dimension: usize) -> Result<(), StoreError> {
+        let mut collections = self.collections.lock();
+        if let Some(existing) = collections.get(name) {
+            return if existing.dimension == dimension {
+                Ok(())
+            } else {
+                Err(StoreError::Dimension {
+                    collection: name.to_string(),
+                    expected: existing.dimension,
+                    actual: dimension,
+                })
+            };
+        }
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            || name.starts_with('.')
+        {
+            return Err(backend(format!("invalid collection name `{name}`")));
+        }
+        let path = self.root.join("collections").join(name);
+        std::fs::create_dir_all(&path).map_err(backend)?;
+        let config = EdgeConfigBuilder::new()
+            .vector(
+                "",
+                EdgeVectorParamsBuilder::new(dimension, Distance::Cosine).build(),
+            )
+            .build();
+        let shard = EdgeShard::new(&path, config).map_err(backend)?;
+        for (field, kind) in INDEXED_FIELDS {
+            let schema = match kind {
+                IndexKind::Keyword => PayloadSchemaType::Keyword,
+                IndexKind::Integer => PayloadSchemaType::Integer,
+            };
+            shard
+                .update(UpdateOperation::FieldIndexOperation(
+                    FieldIndexOperations::CreateIndex(CreateIndex {
+                        field_name: field
+                            .parse()
+                            .map_err(|e| backend(format!("{field}: {e:?}")))?,
+                        field_schema: Some(PayloadFieldSchema::FieldType(schema)),
+                    }),
+                ))
+                .map_err(backend)?;
+        }
+        shard.flush();
+        collections.insert(
+            name.to_string(),
+            Arc::new(Collection {
+                shard,
+                dimension,
+                writer: Mutex::new(()),
+            }),
+        );
+        Ok(())
+    }
+}
+
+fn qdrant_filter(filter: &SignalFilter) -> Result<Option<Filter>, StoreError> {
+    filter
+        .to_qdrant_json()
+        .map(|json| serde_json::from_value(json).map_err(|e| StoreError::Filter(e.to_string())))
+        .transpose()
+}
+
+fn uuid_of(id: PointId) -> Result<Uuid, StoreError> {
+    match id {
+        PointId::Uuid(uuid) => Ok(uuid),
+        PointId::NumId(n) => Err(backend(format!(
+            "point {n} has a numeric id; pulse writes UUIDs"
+        ))),
+    }
+}
+
+fn payload_map(payload: Option<qdrant_edge::Payload>) -> Map<String, Value> {
+    payload
+        .map(|p| p.0.into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn dense(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
+    match vector? {
+        VectorStructInternal::Single(values) => Some(values),
+        VectorStructInternal::Named(mut named) => match named.remove("")? {
+            qdrant_edge::VectorInternal::Dense(values) => Some(values),
+            _ => None,
+        },
+        VectorStructInternal::MultiDense(_) => None,
+    }
+}
+
+impl Collection {
+    /// Applies `operation` and makes it durable before returning.
+    fn write(&self, operation: UpdateOperation) -> Result<(), StoreError> {
+        let _turn = self.writer.lock();
+        self.shard.update(operation).map_err(backend)?;
+        self.shard.flush();
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl VectorStore for EmbeddedStore {
+    async fn ensure_collection(
+        &self,
+        collection: &str,
+        dimension: usize,
+    ) -> Result<(), StoreError> {
+        self.create(collection, dimension)
+    }
+
+    async fn upsert(&self, collection: &str, points: Vec<PointRecord>) -> Result<(), StoreError> {
+        let name = collection.to_string();
+        self.with(collection, move |c| {
+            check_points(&points, c.dimension, &name)?;
+            let points = points
+                .into_iter()
+                .map(|p| {
+                    let vector = p.vector.unwrap_or_default();
+                    PointStruct::new(PointId::Uuid(p.id), vector, Value::Object(p.payload)).into()
+                })
+                .collect();
+            c.write(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+            ))
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        filter: &SignalFilter,
+        limit: usize,
+        with_payload: bool,
+    ) -> Result<Vec<ScoredRecord>, StoreError> {
+        let filter = qdrant_filter(filter)?;
+        let name = collection.to_string();
+        self.with(collection, move |c| {
+            if vector.len() != c.dimension {
+                return Err(StoreError::Dimension {
+                    collection: name,
+                    expected: c.dimension,
+                    actual: vector.len(),
+                });
+            }
+            let hits = c
+                .shard
+                .search(SearchRequest {
+                    query: QueryEnum::Nearest(NamedQuery {
+                        query: vector.into(),
+                        using: None,
+                    }),
+                    filter,
+                    params: None,
+                    limit,
+                    offset: 0,
+                    with_payload: Some(WithPayloadInterface::Bool(with_payload)),
+                    with_vector: Some(WithVector::Bool(false)),
+                    score_threshold: None,
+                })
+                .map_err(backend)?;
+            hits.into_iter()
+                .map(|hit| {
+                    Ok(ScoredRecord {
+                        id: uuid_of(hit.id)?,
+                        score: hit.score,
+                        payload: with_payload.then(|| payload_map(hit.payload)),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn retrieve(
+        &self,
+        collection: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<PointRecord>, StoreError> {
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(*id)).collect();
+        self.with(collection, move |c| {
+            let records = c
+                .shard
+                .retrieve(
+                    &ids,
+                    Some(WithPayloadInterface::Bool(true)),
+                    Some(WithVector::Bool(true)),
+                )
+                .map_err(backend)?;
+            records
+                .into_iter()
+                .map(|r| {
+                    Ok(PointRecord {
+                        id: uuid_of(r.id)?,
+                        vector: dense(r.vector),
+                        payload: payload_map(r.payload),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn scroll(
+        &self,
+        collection: &str,
+        filter: &SignalFilter,
+        after: Option<Uuid>,
+        limit: usize,
+        with_vectors: bool,
+    ) -> Result<(Vec<PointRecord>, Option<Uuid>), StoreError> {
+        let filter = qdrant_filter(filter)?;
+        self.with(collection, move |c| {
+            let (records, next) = c
+                .shard
+                .scroll(ScrollRequest {
+                    offset: after.map(PointId::Uuid),
+                    limit: Some(limit),
+                    filter,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(with_vectors),
+                    order_by: None,
+                })
+                .map_err(backend)?;
+            let records = records
+                .into_iter()
+                .map(|r| {
+                    Ok(PointRecord {
+                        id: uuid_of(r.id)?,
+                        vector: dense(r.vector),
+                        payload: payload_map(r.payload),
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok((records, next.map(uuid_of).transpose()?))
+        })
+        .await
+    }
+
+    async fn count(&self, collection: &str, filter: &SignalFilter) -> Result<usize, StoreError> {
+        let filter = qdrant_filter(filter)?;
+        self.with(collection, move |c| {
+            c.shard
+                .count(CountRequest {
+                    filter,
+                    exact: true,
+                })
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete(&self, collection: &str, filter: &SignalFilter) -> Result<(), StoreError> {
+        let Some(filter) = qdrant_filter(filter)? else {
+            return Err(StoreError::Filter(
+                "refusing to delete with an empty filter".into(),
+            ));
+        };
+        self.with(collection, move |c| {
+            c.write(UpdateOperation::PointOperation(
+                PointOperations::DeletePointsByFilter(filter),
+            ))
+        })
+        .await
+    }
+
+    async fn delete_ids(&self, collection: &str, ids: &[Uuid]) -> Result<(), StoreError> {
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(*id)).collect();
+        self.with(collection, move |c| {
+            c.write(UpdateOperation::PointOperation(
+                PointOperations::DeletePoints { ids },
+            ))
+        })
+        .await
+    }
+}

@@ -1,0 +1,186 @@
+//! Vector storage: one `VectorStore` trait; the embedded implementation runs
+//! Qdrant's own engine in-process (`qdrant-edge`).
+//!
+//! Filters use Qdrant's filter language (`must` / `should` / `must_not`
+//! with `match` and `range` conditions), so the same filter means the same
+//! thing to the embedded engine and to a Qdrant server.
+
+mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("collection `{0}` does not exist")]
+    NoCollection(String),
+    #[error("collection `{collection}` holds {expected}-dimensional vectors, not {actual}")]
+    Dimension {
+        collection: String,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("invalid filter: {0}")]
+    Filter(String),
+    #[error("invalid point {id}: {reason}")]
+    InvalidPoint { id: Uuid, reason: String },
+    #[error("storage failed: {0}")]
+    Backend(String),
+}
+
+/// A stored point: id, vector (when asked for) and JSON payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointRecord {
+    pub id: Uuid,
+    pub vector: Option<Vec<f32>>,
+    pub payload: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredRecord {
+    pub id: Uuid,
+    /// Cosine similarity.
+    pub score: f32,
+    pub payload: Option<Map<String, Value>>,
+}
+
+/// Which signals an operation concerns. All parts must hold; empty parts
+/// do not restrict.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SignalFilter {
+    pub brand: Option<String>,
+    pub sources: Vec<String>,
+    /// Inclusive bounds on `ts` (Unix milliseconds).
+    pub ts_from: Option<i64>,
+    pub ts_to: Option<i64>,
+}
+
+impl SignalFilter {
+    /// The filter in Qdrant's filter language, or `None` for "everything".
+    pub fn to_qdrant_json(&self) -> Option<Value> {
+        let mut must = Vec::new();
+        if let Some(brand) = &self.brand {
+            must.push(json!({"key": "brand", "match": {"value": brand}}));
+        }
+        if !self.sources.is_empty() {
+            must.push(json!({"key": "source", "match": {"any": self.sources}}));
+        }
+        if self.ts_from.is_some() || self.ts_to.is_some() {
+            let mut range = Map::new();
+            if let Some(from) = self.ts_from {
+                range.insert("gte".into(), json!(from));
+            }
+            if let Some(to) = self.ts_to {
+                range.insert("lte".into(), json!(to));
+            }
+            must.push(json!({"key": "ts", "range": range}));
+        }
+        (!must.is_empty()).then(|| json!({ "must": must }))
+    }
+
+    /// Whether a payload passes, exactly as the store decides; for checks.
+    pub fn matches(&self, payload: &Map<String, Value>) -> bool {
+        let brand_ok = self
+            .brand
+            .as_ref()
+            .is_none_or(|b| payload.get("brand").and_then(Value::as_str) == Some(b));
+        let source_ok = self.sources.is_empty()
+            || payload
+                .get("source")
+                .and_then(Value::as_str)
+                .is_some_and(|s| self.sources.iter().any(|x| x == s));
+        let ts = payload.get("ts").and_then(Value::as_i64);
+        let from_ok = self
+            .ts_from
+            .is_none_or(|from| ts.is_some_and(|t| t >= from));
+        let to_ok = self.ts_to.is_none_or(|to| ts.is_some_and(|t| t <= to));
+        brand_ok && source_ok && from_ok && to_ok
+    }
+}
+
+/// Payload fields indexed in every collection, so filters on them stay fast.
+pub const INDEXED_FIELDS: [(&str, IndexKind); 4] = [
+    ("brand", IndexKind::Keyword),
+    ("source", IndexKind::Keyword),
+    ("ts", IndexKind::Integer),
+    ("cluster", IndexKind::Integer),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    Keyword,
+    Integer,
+}
+
+/// Storage of vectors with payloads, grouped in collections of one
+/// dimension and cosine distance. Writes return once the store has them
+/// durably.
+#[async_trait::async_trait]
+pub trait VectorStore: Send + Sync {
+    /// Creates the collection (with the payload indexes) if it is missing;
+    /// an existing one must have `dimension`.
+    async fn ensure_collection(&self, collection: &str, dimension: usize)
+    -> Result<(), StoreError>;
+    /// Inserts or replaces points by id.
+    async fn upsert(&self, collection: &str, points: Vec<PointRecord>) -> Result<(), StoreError>;
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        filter: &SignalFilter,
+        limit: usize,
+        with_payload: bool,
+    ) -> Result<Vec<ScoredRecord>, StoreError>;
+    async fn retrieve(
+        &self,
+        collection: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<PointRecord>, StoreError>;
+    /// One page of points in id order after `after`, and where the next page starts.
+    async fn scroll(
+        &self,
+        collection: &str,
+        filter: &SignalFilter,
+        after: Option<Uuid>,
+        limit: usize,
+        with_vectors: bool,
+    ) -> Result<(Vec<PointRecord>, Option<Uuid>), StoreError>;
+    async fn count(&self, collection: &str, filter: &SignalFilter) -> Result<usize, StoreError>;
+    async fn delete(&self, collection: &str, filter: &SignalFilter) -> Result<(), StoreError>;
+    async fn delete_ids(&self, collection: &str, ids: &[Uuid]) -> Result<(), StoreError>;
+}
+
+/// Rejects what no store should hold: a wrong dimension or non-finite values.
+pub fn check_points(
+    points: &[PointRecord],
+    dimension: usize,
+    collection: &str,
+) -> Result<(), StoreError> {
+    for point in points {
+        let Some(vector) = &point.vector else {
+            return Err(StoreError::InvalidPoint {
+                id: point.id,
+                reason: "no vector".into(),
+            });
+        };
+        if vector.len() != dimension {
+            return Err(StoreError::Dimension {
+                collection: collection.to_string(),
+                expected: dimension,
+                actual: vector.len(),
+            });
+        }
+        if vector.iter().any(|v| !v.is_finite()) {
+            return Err(StoreError::InvalidPoint {
+                id: point.id,
+                reason: "the vector holds NaN or infinity".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod conformance;

@@ -80,8 +80,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let address = match &args.server {
         Some(address) => address.clone(),
         None => {
-            let (child, address) = start_server(&args)?;
-            started = Some(child);
+            let (child, address, data_dir) = start_server(&args)?;
+            started = Some((child, data_dir));
             address
         }
     };
@@ -108,11 +108,12 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(levels)
     });
-    if let Some(mut child) = started {
+    if let Some((mut child, data_dir)) = started {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         let _ = child.wait();
+        let _ = std::fs::remove_dir_all(data_dir);
     }
     let report = Report {
         model: args.model.clone(),
@@ -152,12 +153,14 @@ fn offline_throughput(args: &LoadArgs, texts: &[String]) -> anyhow::Result<f64> 
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
-fn start_server(args: &LoadArgs) -> anyhow::Result<(Child, String)> {
+/// Starts `pulse serve` on free ports with a data directory of its own.
+fn start_server(args: &LoadArgs) -> anyhow::Result<(Child, String, PathBuf)> {
     let pulse = std::env::current_exe()?
         .parent()
         .map(|dir| dir.join("pulse"))
         .filter(|p| p.is_file())
         .context("no `pulse` binary beside pulse-bench: build it (cargo build --release -p pulse-server) or pass --server")?;
+    let data_dir = std::env::temp_dir().join(format!("pulse-bench-load-{}", std::process::id()));
     let mut command = Command::new(pulse);
     command.args([
         "serve",
@@ -172,6 +175,7 @@ fn start_server(args: &LoadArgs) -> anyhow::Result<(Child, String)> {
         "--model",
         &args.model,
     ]);
+    command.arg("--data-dir").arg(&data_dir);
     if let Some(threads) = args.threads {
         command.args(["--threads", &threads.to_string()]);
     }
@@ -190,7 +194,7 @@ fn start_server(args: &LoadArgs) -> anyhow::Result<(Child, String)> {
     let address = line
         .strip_prefix("grpc listening on ")
         .with_context(|| format!("unexpected first line from pulse serve: {line}"))?;
-    Ok((child, format!("http://{address}")))
+    Ok((child, format!("http://{address}"), data_dir))
 }
 
 async fn measure_level(

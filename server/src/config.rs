@@ -50,6 +50,12 @@ pub struct ServeArgs {
     /// Largest gRPC or HTTP message, in bytes.
     #[arg(long, env = "PULSE_MAX_MESSAGE_BYTES", default_value = "67108864")]
     pub max_message_bytes: NonZeroUsize,
+    /// Where the embedded store keeps its collections.
+    #[arg(long, env = "PULSE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Largest signal text, in bytes.
+    #[arg(long, env = "PULSE_MAX_TEXT_BYTES", default_value = "1048576")]
+    pub max_text_bytes: NonZeroUsize,
     /// Embeddings kept in each model's content-hash cache (0: no cache).
     #[arg(long, env = "PULSE_CACHE_CAPACITY", default_value = "65536")]
     pub cache_capacity: usize,

@@ -5,17 +5,21 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod models;
+pub mod signals;
 pub mod store;
 
 use crate::batcher::BatcherConfig;
 use crate::config::ServeArgs;
 use crate::grpc::{EmbeddingApi, Limits, ModelApi};
 use crate::models::{EmbedOptions, Registry, ServedModel};
+use crate::signals::{SignalApi, SignalLimits};
+use crate::store::{EmbeddedStore, VectorStore};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pulse_proto::v1::embedding_service_server::EmbeddingServiceServer;
 use pulse_proto::v1::model_service_server::ModelServiceServer;
+use pulse_proto::v1::signal_service_server::SignalServiceServer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -75,6 +79,22 @@ impl Server {
         })
         .await??;
         let registry = Arc::new(Registry::new(models));
+        let data_dir = args.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
+            .await?
+            .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+        let store: Arc<dyn VectorStore> = Arc::new(store);
+        for model in registry.all() {
+            store
+                .ensure_collection(
+                    &signals::collection_name(&model.name),
+                    model.info().dimension,
+                )
+                .await
+                .with_context(|| {
+                    format!("cannot prepare the collection of model `{}`", model.name)
+                })?;
+        }
 
         let grpc_listener = TcpListener::bind(args.grpc_addr)
             .await
@@ -107,6 +127,16 @@ impl Server {
         let model_service = ModelServiceServer::new(ModelApi {
             registry: registry.clone(),
         });
+        let signal_service = SignalServiceServer::new(SignalApi {
+            registry: registry.clone(),
+            store,
+            limits: SignalLimits {
+                max_signals: args.max_inputs.get(),
+                max_text_bytes: args.max_text_bytes.get(),
+            },
+        })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let ready = Arc::new(AtomicBool::new(false));
         let router = http::router(
             http::HttpState {
@@ -127,6 +157,7 @@ impl Server {
             .add_service(reflection)
             .add_service(embedding)
             .add_service(model_service)
+            .add_service(signal_service)
             .serve_with_incoming_shutdown(
                 // Small replies must not wait for the peer's delayed ACK.
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -203,7 +234,11 @@ async fn set_health(
     status: tonic_health::ServingStatus,
 ) {
     reporter.set_service_status("", status).await;
-    for service in ["pulse.v1.EmbeddingService", "pulse.v1.ModelService"] {
+    for service in [
+        "pulse.v1.EmbeddingService",
+        "pulse.v1.ModelService",
+        "pulse.v1.SignalService",
+    ] {
         reporter.set_service_status(service, status).await;
     }
 }

@@ -11,9 +11,11 @@ struct Running {
     child: Child,
     grpc: String,
     http: String,
+    _data: tempfile::TempDir,
 }
 
 fn serve(extra: &[&str]) -> Running {
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args([
             "serve",
@@ -24,6 +26,8 @@ fn serve(extra: &[&str]) -> Running {
             "--device",
             "cpu",
         ])
+        .arg("--data-dir")
+        .arg(data.path())
         .args(extra)
         .env("HF_HUB_OFFLINE", "1")
         .stdout(Stdio::piped())
@@ -39,7 +43,12 @@ fn serve(extra: &[&str]) -> Running {
     };
     let grpc = address("grpc listening on ");
     let http = address("http listening on ");
-    Running { child, grpc, http }
+    Running {
+        child,
+        grpc,
+        http,
+        _data: data,
+    }
 }
 
 fn terminate(child: &Child) {

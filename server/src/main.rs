@@ -25,6 +25,10 @@ enum Command {
     Serve(ServeArgs),
     /// Embed texts from JSON lines or plain lines into JSON lines.
     Embed(commands::embed::EmbedArgs),
+    /// Stream a JSON-lines file of signals to a running server.
+    Ingest(commands::signals::IngestArgs),
+    /// Find signals similar to a text on a running server.
+    Search(commands::signals::SearchArgs),
     /// Inspect models.
     Models {
         #[command(subcommand)]
@@ -60,6 +64,14 @@ fn main() -> ExitCode {
         Command::Embed(args) => {
             init_logging(LogFormat::Text);
             commands::embed::run(args)
+        }
+        Command::Ingest(args) => {
+            init_logging(LogFormat::Text);
+            commands::signals::ingest(args)
+        }
+        Command::Search(args) => {
+            init_logging(LogFormat::Text);
+            commands::signals::search(args)
         }
         Command::Models { command } => {
             init_logging(LogFormat::Text);

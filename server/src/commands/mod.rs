@@ -1,5 +1,6 @@
 pub mod embed;
 pub mod models;
+pub mod signals;
 
 use clap::Args;
 use pulse_models::{DEFAULT_MODEL, Embedder};

@@ -135,7 +135,12 @@ fn settings_come_from_a_toml_file() {
 fn signal(i: usize) -> pb::Signal {
     pb::Signal {
         id: format!("s{i}"),
-        brand: if i % 2 == 0 { "nike" } else { "adidas" }.into(),
+        brand: if i.is_multiple_of(2) {
+            "nike"
+        } else {
+            "adidas"
+        }
+        .into(),
         source: "x".into(),
         text: format!("signal {i}: running shoes, sizes and prices"),
         ..Default::default()

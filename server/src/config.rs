@@ -53,6 +53,25 @@ pub struct ServeArgs {
     /// Where the embedded store keeps its collections.
     #[arg(long, env = "PULSE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// A Qdrant server or cluster (`http://host:6334`, gRPC) to store
+    /// signals in instead of the embedded store.
+    #[arg(long, env = "PULSE_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+    /// API key for the Qdrant server (prefer the environment variable).
+    #[arg(long, env = "PULSE_QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<String>,
+    /// Shards of collections pulse creates on the Qdrant server.
+    #[arg(long, env = "PULSE_QDRANT_SHARDS", default_value = "1")]
+    pub qdrant_shards: u32,
+    /// Replication factor of collections pulse creates on the Qdrant server.
+    #[arg(long, env = "PULSE_QDRANT_REPLICATION", default_value = "1")]
+    pub qdrant_replication: u32,
+    /// Replicas that must confirm a write on the Qdrant server.
+    #[arg(long, env = "PULSE_QDRANT_WRITE_CONSISTENCY", default_value = "1")]
+    pub qdrant_write_consistency: u32,
+    /// Tries per Qdrant call before a transient failure is reported.
+    #[arg(long, env = "PULSE_QDRANT_ATTEMPTS", default_value = "4")]
+    pub qdrant_attempts: u32,
     /// Largest signal text, in bytes.
     #[arg(long, env = "PULSE_MAX_TEXT_BYTES", default_value = "1048576")]
     pub max_text_bytes: NonZeroUsize,

@@ -13,7 +13,7 @@ use crate::config::ServeArgs;
 use crate::grpc::{EmbeddingApi, Limits, ModelApi};
 use crate::models::{EmbedOptions, Registry, ServedModel};
 use crate::signals::{SignalApi, SignalLimits};
-use crate::store::{EmbeddedStore, VectorStore};
+use crate::store::{EmbeddedStore, RemoteOptions, RemoteStore, VectorStore};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -79,21 +79,21 @@ impl Server {
         })
         .await??;
         let registry = Arc::new(Registry::new(models));
-        let data_dir = args.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
-            .await?
-            .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
-        let store: Arc<dyn VectorStore> = Arc::new(store);
+        let store = open_store(args).await?;
         for model in registry.all() {
-            store
-                .ensure_collection(
-                    &signals::collection_name(&model.name),
-                    model.info().dimension,
-                )
+            // A remote store may be down at start: the service still starts,
+            // and ingestion retries (and reports UNAVAILABLE) on its own.
+            let collection = signals::collection_name(&model.name);
+            if let Err(err) = store
+                .ensure_collection(&collection, model.info().dimension)
                 .await
-                .with_context(|| {
-                    format!("cannot prepare the collection of model `{}`", model.name)
-                })?;
+            {
+                if args.qdrant_url.is_none() {
+                    return Err(err)
+                        .with_context(|| format!("cannot prepare collection `{collection}`"));
+                }
+                tracing::warn!(%collection, error = %err, "the Qdrant server is not ready; signals wait for it");
+            }
         }
 
         let grpc_listener = TcpListener::bind(args.grpc_addr)
@@ -227,6 +227,28 @@ impl Server {
         tracing::info!("shutting down: finishing accepted work");
         self.shutdown().await
     }
+}
+
+async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn VectorStore>> {
+    if let Some(url) = &args.qdrant_url {
+        let store = RemoteStore::connect(RemoteOptions {
+            url: url.clone(),
+            api_key: args.qdrant_api_key.clone(),
+            shard_number: args.qdrant_shards,
+            replication_factor: args.qdrant_replication,
+            write_consistency_factor: args.qdrant_write_consistency,
+            attempts: args.qdrant_attempts,
+            timeout: Duration::from_secs(10),
+        })
+        .with_context(|| format!("invalid Qdrant address {url}"))?;
+        tracing::info!(%url, "storing signals in a Qdrant server");
+        return Ok(Arc::new(store));
+    }
+    let data_dir = args.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
+        .await?
+        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    Ok(Arc::new(store))
 }
 
 async fn set_health(

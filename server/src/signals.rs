@@ -149,6 +149,17 @@ impl SignalApi {
             .map_err(|e| Status::not_found(e.to_string()))
     }
 
+    /// The model's collection, created first if the store lacks it (a
+    /// remote store that was down at start gets it on first use).
+    async fn collection(&self, model: &ServedModel) -> Result<String, Status> {
+        let name = collection_name(&model.name);
+        self.store
+            .ensure_collection(&name, model.info().dimension)
+            .await
+            .map_err(store_status)?;
+        Ok(name)
+    }
+
     /// Why `signal` cannot be stored, if it cannot.
     fn rejection(&self, signal: &pb::Signal) -> Option<String> {
         if signal.id.is_empty() {
@@ -246,8 +257,9 @@ impl SignalApi {
             stored.push(index);
         }
         if !points.is_empty() {
+            let collection = self.collection(model).await?;
             self.store
-                .upsert(&collection_name(&model.name), points)
+                .upsert(&collection, points)
                 .await
                 .map_err(store_status)?;
         }
@@ -369,10 +381,11 @@ impl pb::signal_service_server::SignalService for SignalApi {
             }
             n => n,
         };
+        let collection = self.collection(&model).await?;
         let hits = self
             .store
             .search(
-                &collection_name(&model.name),
+                &collection,
                 vector,
                 &filter,
                 limit as usize,
@@ -405,9 +418,10 @@ impl pb::signal_service_server::SignalService for SignalApi {
             .iter()
             .map(|id| point_id(&request.brand, id))
             .collect();
+        let collection = self.collection(&model).await?;
         let found = self
             .store
-            .retrieve(&collection_name(&model.name), &ids)
+            .retrieve(&collection, &ids)
             .await
             .map_err(store_status)?;
         let by_id: HashMap<Uuid, &PointRecord> = found.iter().map(|p| (p.id, p)).collect();
@@ -424,7 +438,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
     ) -> Result<Response<pb::DeleteSignalsResponse>, Status> {
         let request = request.into_inner();
         let model = self.model(&request.model)?;
-        let collection = collection_name(&model.name);
+        let collection = self.collection(&model).await?;
         let deleted = if !request.ids.is_empty() {
             if request.brand.is_empty() {
                 return Err(Status::invalid_argument(
@@ -477,9 +491,10 @@ impl pb::signal_service_server::SignalService for SignalApi {
         let request = request.into_inner();
         let model = self.model(&request.model)?;
         let filter = filter_of(request.filter)?;
+        let collection = self.collection(&model).await?;
         let count = self
             .store
-            .count(&collection_name(&model.name), &filter)
+            .count(&collection, &filter)
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::CountSignalsResponse {

@@ -312,3 +312,40 @@ async fn a_stream_of_signals_is_summarised_and_survives_a_restart() {
     assert_eq!(count(&mut api, None).await, 599);
     restarted.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_qdrant_server_is_unavailable_and_embedding_goes_on() {
+    // Nothing listens on port 1 of loopback: every connection is refused.
+    let server = start(&["--qdrant-url", "http://127.0.0.1:1", "--qdrant-attempts", "2"]).await;
+    let channel = channel(&server).await;
+    let mut api = SignalServiceClient::new(channel.clone());
+    let refused = api
+        .ingest(pb::IngestRequest {
+            signals: vec![signal(1), signal(2)],
+            model: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("qdrant"), "{}", refused.message());
+    let counted = api
+        .count_signals(pb::CountSignalsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(counted.code(), Code::Unavailable);
+
+    let mut embeddings = pulse_proto::v1::embedding_service_client::EmbeddingServiceClient::new(channel);
+    let response = embeddings
+        .embed(pb::EmbedRequest {
+            inputs: vec![pb::EmbedInput {
+                text: "still embedding".into(),
+                id: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.results.len(), 1);
+    server.shutdown().await.unwrap();
+}

@@ -56,7 +56,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// the same storage to check that data outlives the handle.
 pub async fn run<S: VectorStore>(open: impl Fn() -> S) {
     let store = open();
-    let name = "conformance";
+    // A fresh name, so a shared server's leftovers cannot interfere.
+    let name = &format!("conformance-{}", Uuid::new_v4().simple());
     store.ensure_collection(name, DIMENSION).await.unwrap();
     store.ensure_collection(name, DIMENSION).await.unwrap();
     assert!(matches!(
@@ -183,6 +184,7 @@ pub async fn run<S: VectorStore>(open: impl Fn() -> S) {
     // The data outlives the handle.
     drop(store);
     let reopened = open();
+    reopened.ensure_collection(name, DIMENSION).await.unwrap();
     assert_eq!(reopened.count(name, &everything).await.unwrap(), remaining);
     let fetched = reopened.retrieve(name, &[points[3].id]).await.unwrap();
     assert_eq!(fetched[0].payload["text"], "rewritten");
@@ -197,4 +199,23 @@ async fn embedded_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     run(move || EmbeddedStore::open(&root).unwrap()).await;
+}
+
+/// Runs against a Qdrant server when `QDRANT_URL` names one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_store_conforms() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("skipped: QDRANT_URL is not set, so there is no Qdrant server to test against");
+        return;
+    };
+    let options = RemoteOptions {
+        url,
+        api_key: std::env::var("QDRANT_API_KEY").ok(),
+        shard_number: 1,
+        replication_factor: 1,
+        write_consistency_factor: 1,
+        attempts: 3,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    run(move || RemoteStore::connect(options.clone()).unwrap()).await;
 }

@@ -1,13 +1,16 @@
-//! Vector storage: one `VectorStore` trait; the embedded implementation runs
-//! Qdrant's own engine in-process (`qdrant-edge`).
+//! Vector storage: one `VectorStore` trait, two implementations: the
+//! embedded one runs Qdrant's own engine in-process (`qdrant-edge`), the
+//! remote one talks to a Qdrant server or cluster (`qdrant-client`).
 //!
 //! Filters use Qdrant's filter language (`must` / `should` / `must_not`
 //! with `match` and `range` conditions), so the same filter means the same
 //! thing to the embedded engine and to a Qdrant server.
 
 mod embedded;
+mod remote;
 
 pub use embedded::EmbeddedStore;
+pub use remote::{RemoteOptions, RemoteStore};
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;

@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Tries per Qdrant call before a transient failure is reported.
     #[arg(long, env = "PULSE_QDRANT_ATTEMPTS", default_value = "4")]
     pub qdrant_attempts: u32,
+    /// Seconds a collection of the embedded store must go unwritten before
+    /// it is optimised (indexes built) in the background; 0 turns that off.
+    #[arg(long, env = "PULSE_OPTIMIZE_IDLE_SECS", default_value = "10")]
+    pub optimize_idle_secs: u64,
     /// Largest signal text, in bytes.
     #[arg(long, env = "PULSE_MAX_TEXT_BYTES", default_value = "1048576")]
     pub max_text_bytes: NonZeroUsize,

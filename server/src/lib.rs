@@ -127,6 +127,14 @@ impl Server {
         let model_service = ModelServiceServer::new(ModelApi {
             registry: registry.clone(),
         });
+        let (stop, stopped) = watch::channel(false);
+        let maintenance = (args.optimize_idle_secs > 0).then(|| {
+            tokio::spawn(maintain_store(
+                store.clone(),
+                Duration::from_secs(args.optimize_idle_secs),
+                stopped.clone(),
+            ))
+        });
         let signal_service = SignalServiceServer::new(SignalApi {
             registry: registry.clone(),
             store,
@@ -148,7 +156,6 @@ impl Server {
             max_message,
         );
 
-        let (stop, stopped) = watch::channel(false);
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
@@ -191,6 +198,9 @@ impl Server {
                 tracing::info!("serving");
             };
             let (grpc_result, http_result, ()) = tokio::join!(grpc, async { http.await }, warm_up);
+            if let Some(maintenance) = maintenance {
+                let _ = maintenance.await;
+            }
             // Both servers have answered what they accepted; dropping the last
             // handles lets each model worker finish its queue and stop.
             drop(registry);
@@ -226,6 +236,24 @@ impl Server {
         signal.await;
         tracing::info!("shutting down: finishing accepted work");
         self.shutdown().await
+    }
+}
+
+/// Lets the store tidy up (the embedded one builds indexes) while the
+/// service runs, checking every half idle period until told to stop.
+async fn maintain_store(
+    store: Arc<dyn VectorStore>,
+    idle: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(idle / 2) => {}
+        }
+        if let Err(err) = store.maintain(idle).await {
+            tracing::warn!(error = %err, "store maintenance failed");
+        }
     }
 }
 

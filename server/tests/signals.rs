@@ -316,7 +316,13 @@ async fn a_stream_of_signals_is_summarised_and_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_qdrant_server_is_unavailable_and_embedding_goes_on() {
     // Nothing listens on port 1 of loopback: every connection is refused.
-    let server = start(&["--qdrant-url", "http://127.0.0.1:1", "--qdrant-attempts", "2"]).await;
+    let server = start(&[
+        "--qdrant-url",
+        "http://127.0.0.1:1",
+        "--qdrant-attempts",
+        "2",
+    ])
+    .await;
     let channel = channel(&server).await;
     let mut api = SignalServiceClient::new(channel.clone());
     let refused = api
@@ -327,14 +333,19 @@ async fn an_unreachable_qdrant_server_is_unavailable_and_embedding_goes_on() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert!(refused.message().contains("qdrant"), "{}", refused.message());
+    assert!(
+        refused.message().contains("qdrant"),
+        "{}",
+        refused.message()
+    );
     let counted = api
         .count_signals(pb::CountSignalsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(counted.code(), Code::Unavailable);
 
-    let mut embeddings = pulse_proto::v1::embedding_service_client::EmbeddingServiceClient::new(channel);
+    let mut embeddings =
+        pulse_proto::v1::embedding_service_client::EmbeddingServiceClient::new(channel);
     let response = embeddings
         .embed(pb::EmbedRequest {
             inputs: vec![pb::EmbedInput {

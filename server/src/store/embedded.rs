@@ -17,14 +17,32 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 struct Collection {
     shard: EdgeShard,
     dimension: usize,
-    /// `EdgeShard::flush` insists on taking the write-ahead log's lock
-    /// without waiting, so writes and flushes take turns here.
+    /// `EdgeShard::flush` insists on taking the write-ahead log's and the
+    /// segments' locks without waiting, so writes, flushes and optimisation
+    /// take turns here.
     writer: Mutex<()>,
+    /// Written to since the last optimisation, and when last.
+    dirty: AtomicBool,
+    last_write: Mutex<Instant>,
+}
+
+impl Collection {
+    fn new(shard: EdgeShard, dimension: usize) -> Self {
+        Collection {
+            shard,
+            dimension,
+            writer: Mutex::new(()),
+            dirty: AtomicBool::new(true),
+            last_write: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 pub struct EmbeddedStore {
@@ -61,14 +79,7 @@ impl EmbeddedStore {
                 .next()
                 .map(|params| params.size)
                 .ok_or_else(|| backend(format!("collection `{name}` has no vector")))?;
-            collections.insert(
-                name,
-                Arc::new(Collection {
-                    shard,
-                    dimension,
-                    writer: Mutex::new(()),
-                }),
-            );
+            collections.insert(name, Arc::new(Collection::new(shard, dimension)));
         }
         Ok(EmbeddedStore {
             root: root.to_path_buf(),
@@ -145,11 +156,7 @@ impl EmbeddedStore {
         shard.flush();
         collections.insert(
             name.to_string(),
-            Arc::new(Collection {
-                shard,
-                dimension,
-                writer: Mutex::new(()),
-            }),
+            Arc::new(Collection::new(shard, dimension)),
         );
         Ok(())
     }
@@ -194,7 +201,22 @@ impl Collection {
         let _turn = self.writer.lock();
         self.shard.update(operation).map_err(backend)?;
         self.shard.flush();
+        self.dirty.store(true, Ordering::Release);
+        *self.last_write.lock() = Instant::now();
         Ok(())
+    }
+
+    /// Builds indexes and merges segments if written to and then left alone
+    /// for `idle`; writes wait meanwhile.
+    fn optimize_if_idle(&self, idle: Duration) -> Result<bool, StoreError> {
+        if !self.dirty.load(Ordering::Acquire) || self.last_write.lock().elapsed() < idle {
+            return Ok(false);
+        }
+        let _turn = self.writer.lock();
+        self.dirty.store(false, Ordering::Release);
+        let optimized = self.shard.optimize().map_err(backend)?;
+        self.shard.flush();
+        Ok(optimized)
     }
 }
 
@@ -373,5 +395,64 @@ impl VectorStore for EmbeddedStore {
             ))
         })
         .await
+    }
+
+    async fn maintain(&self, idle: Duration) -> Result<(), StoreError> {
+        let names: Vec<String> = self.collections.lock().keys().cloned().collect();
+        for name in names {
+            let started = Instant::now();
+            let optimized = self.with(&name, move |c| c.optimize_if_idle(idle)).await?;
+            if optimized {
+                tracing::info!(collection = %name, seconds = started.elapsed().as_secs_f64(), "collection optimised");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn optimising_an_idle_collection_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.ensure_collection("c", 4).await.unwrap();
+        let points: Vec<PointRecord> = (0..3000u32)
+            .map(|i| {
+                let Value::Object(payload) = json!({"brand": "b", "ts": i}) else {
+                    unreachable!()
+                };
+                let x = i as f32;
+                PointRecord {
+                    id: Uuid::new_v5(&Uuid::NAMESPACE_OID, &i.to_le_bytes()),
+                    vector: Some(vec![x.sin(), x.cos(), 1.0, (x / 7.0).sin()]),
+                    payload,
+                }
+            })
+            .collect();
+        store.upsert("c", points.clone()).await.unwrap();
+        // Written just now: an hour of idleness is not there yet.
+        store.maintain(Duration::from_secs(3600)).await.unwrap();
+        assert!(store.collection("c").unwrap().dirty.load(Ordering::Acquire));
+        store.maintain(Duration::ZERO).await.unwrap();
+        assert!(!store.collection("c").unwrap().dirty.load(Ordering::Acquire));
+        assert_eq!(
+            store.count("c", &SignalFilter::default()).await.unwrap(),
+            3000
+        );
+        let hits = store
+            .search(
+                "c",
+                points[42].vector.clone().unwrap(),
+                &SignalFilter::default(),
+                1,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(hits[0].id, points[42].id);
     }
 }

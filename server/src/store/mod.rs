@@ -153,6 +153,12 @@ pub trait VectorStore: Send + Sync {
     async fn count(&self, collection: &str, filter: &SignalFilter) -> Result<usize, StoreError>;
     async fn delete(&self, collection: &str, filter: &SignalFilter) -> Result<(), StoreError>;
     async fn delete_ids(&self, collection: &str, ids: &[Uuid]) -> Result<(), StoreError>;
+    /// Housekeeping off the request path (index building); collections
+    /// written to within `idle` are left for a later call. A Qdrant server
+    /// does this itself.
+    async fn maintain(&self, _idle: std::time::Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Rejects what no store should hold: a wrong dimension or non-finite values.

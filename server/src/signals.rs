@@ -4,9 +4,9 @@
 use crate::batcher::Priority;
 use crate::grpc::status_of;
 use crate::models::{EmbedOptions, Registry, ServedModel};
-use crate::store::{PointRecord, SignalFilter, StoreError, VectorStore};
 use futures::StreamExt;
 use pulse_proto::v1 as pb;
+use pulse_store::{PointRecord, SignalFilter, StoreError, VectorStore};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};

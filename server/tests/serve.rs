@@ -11,7 +11,20 @@ struct Running {
     child: Child,
     grpc: String,
     http: String,
-    _data: tempfile::TempDir,
+    /// Holds the data directory and the server's standard error.
+    data: tempfile::TempDir,
+}
+
+impl Running {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Waits for the exit and asserts it was clean, showing the logs if not.
+    fn assert_clean_exit(&mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}\n{}", self.stderr());
+    }
 }
 
 fn serve(extra: &[&str]) -> Running {
@@ -34,7 +47,7 @@ fn serve(extra: &[&str]) -> Running {
         .args(extra)
         .env("HF_HUB_OFFLINE", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(data.path().join("stderr.log")).unwrap())
         .spawn()
         .expect("pulse serve starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -50,7 +63,7 @@ fn serve(extra: &[&str]) -> Running {
         child,
         grpc,
         http,
-        _data: data,
+        data,
     }
 }
 
@@ -104,10 +117,9 @@ async fn sigterm_answers_every_accepted_request_then_exits() {
         let response = call.await.unwrap().expect("accepted requests are answered");
         assert_eq!(response.into_inner().results.len(), 4);
     }
-    let status = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
+    tokio::task::spawn_blocking(move || server.assert_clean_exit())
         .await
         .unwrap();
-    assert!(status.success(), "{status:?}");
 }
 
 #[test]
@@ -129,7 +141,7 @@ fn settings_come_from_a_toml_file() {
     assert_eq!(refused.0, 400);
     assert!(refused.1.contains("the limit is 3"), "{}", refused.1);
     terminate(&server.child);
-    assert!(server.child.wait().unwrap().success());
+    server.assert_clean_exit();
 }
 
 fn signal(i: usize) -> pb::Signal {
@@ -225,7 +237,7 @@ async fn acknowledged_signals_survive_sigkill() {
     }
     let mut restarted = restarted;
     terminate(&restarted.child);
-    assert!(restarted.child.wait().unwrap().success());
+    restarted.assert_clean_exit();
 }
 
 #[test]
@@ -277,5 +289,5 @@ fn ingest_and_search_from_the_command_line() {
         assert_eq!(hit["ts"], "2026-01-02T03:04:05Z");
     }
     terminate(&server.child);
-    assert!(server.child.wait().unwrap().success());
+    server.assert_clean_exit();
 }

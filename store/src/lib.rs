@@ -1,4 +1,4 @@
-//! Vector storage: one `VectorStore` trait, two implementations: the
+//! Vector storage for pulse: one `VectorStore` trait, two implementations: the
 //! embedded one runs Qdrant's own engine in-process (`qdrant-edge`), the
 //! remote one talks to a Qdrant server or cluster (`qdrant-client`).
 //!

@@ -70,7 +70,13 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     // Distinct texts, so that no request is answered by a cache or shares
     // work with another.
     let texts = Arc::new(workloads::short_texts(200_000));
-    let offline = offline_throughput(&args, &texts)?;
+    let offline = offline_throughput(
+        &args.model,
+        args.threads,
+        &texts,
+        args.offline_batch,
+        args.seconds,
+    )?;
     eprintln!(
         "offline: {offline:.1} texts/s (batch {})",
         args.offline_batch
@@ -80,7 +86,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let address = match &args.server {
         Some(address) => address.clone(),
         None => {
-            let (child, address, data_dir) = start_server(&args)?;
+            let (child, address, data_dir) = start_server(&args.model, args.threads)?;
             started = Some((child, data_dir));
             address
         }
@@ -108,12 +114,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(levels)
     });
-    if let Some((mut child, data_dir)) = started {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
-        let _ = std::fs::remove_dir_all(data_dir);
+    if let Some((child, data_dir)) = started {
+        stop_server(child, &data_dir);
     }
     let report = Report {
         model: args.model.clone(),
@@ -128,20 +130,26 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 /// Texts per second of the engine alone, embedding batches back to back.
-fn offline_throughput(args: &LoadArgs, texts: &[String]) -> anyhow::Result<f64> {
+pub fn offline_throughput(
+    model: &str,
+    threads: Option<usize>,
+    texts: &[String],
+    batch: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
     let options = EmbedderOptions {
         device: DeviceSpec::Cpu,
-        threads: args.threads,
+        threads,
         ..EmbedderOptions::default()
     };
-    let embedder = Embedder::load(&args.model, &options)?;
+    let embedder = Embedder::load(model, &options)?;
     let batches: Vec<Vec<&str>> = texts
-        .chunks(args.offline_batch.max(1))
+        .chunks(batch.max(1))
         .map(|c| c.iter().map(String::as_str).collect())
         .collect();
     embedder.embed(&batches[0])?;
     let started = Instant::now();
-    let budget = Duration::from_secs(args.seconds);
+    let budget = Duration::from_secs(seconds);
     let mut done = 0;
     for batch in &batches[1..] {
         embedder.embed(batch)?;
@@ -154,7 +162,10 @@ fn offline_throughput(args: &LoadArgs, texts: &[String]) -> anyhow::Result<f64> 
 }
 
 /// Starts `pulse serve` on free ports with a data directory of its own.
-fn start_server(args: &LoadArgs) -> anyhow::Result<(Child, String, PathBuf)> {
+pub fn start_server(
+    model: &str,
+    threads: Option<usize>,
+) -> anyhow::Result<(Child, String, PathBuf)> {
     let pulse = std::env::current_exe()?
         .parent()
         .map(|dir| dir.join("pulse"))
@@ -173,10 +184,10 @@ fn start_server(args: &LoadArgs) -> anyhow::Result<(Child, String, PathBuf)> {
         "--cache-capacity",
         "0",
         "--model",
-        &args.model,
+        model,
     ]);
     command.arg("--data-dir").arg(&data_dir);
-    if let Some(threads) = args.threads {
+    if let Some(threads) = threads {
         command.args(["--threads", &threads.to_string()]);
     }
     let mut child = command
@@ -193,7 +204,10 @@ fn start_server(args: &LoadArgs) -> anyhow::Result<(Child, String, PathBuf)> {
         .context("pulse serve exited before listening")??;
     let address = line
         .strip_prefix("grpc listening on ")
-        .with_context(|| format!("unexpected first line from pulse serve: {line}"))?;
+        .with_context(|| format!("unexpected first line from pulse serve: {line}"))?
+        .to_string();
+    // Keep reading what the server prints, so it never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     Ok((child, format!("http://{address}"), data_dir))
 }
 
@@ -294,4 +308,13 @@ fn markdown(report: &Report) -> String {
         ));
     }
     out
+}
+
+/// Stops a server started by [`start_server`] and removes its data.
+pub fn stop_server(mut child: Child, data_dir: &std::path::Path) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(data_dir);
 }

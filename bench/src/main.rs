@@ -1,6 +1,7 @@
 //! `pulse-bench`: measures pulse and writes JSON and markdown.
 
 mod embed;
+mod ingest;
 mod load;
 mod workloads;
 
@@ -23,12 +24,15 @@ enum Command {
     /// Concurrent gRPC clients against `pulse serve`, beside the engine's
     /// offline batched throughput.
     Load(load::LoadArgs),
+    /// Signals through `pulse serve` into its store, and the store alone at scale.
+    Ingest(ingest::IngestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Embed(args) => embed::run(args),
         Command::Load(args) => load::run(args),
+        Command::Ingest(args) => ingest::run(args),
     }
 }
 

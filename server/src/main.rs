@@ -5,7 +5,7 @@ mod commands;
 use clap::{Parser, Subcommand};
 use pulse_server::config::{LogFormat, ServeArgs, parse_with_file};
 use std::ffi::OsString;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -112,9 +112,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let stop = shutdown_signal()?;
         let server = pulse_server::Server::start(&args).await?;
-        // Scripts and tests read the bound addresses from standard output.
-        println!("grpc listening on {}", server.grpc_addr);
-        println!("http listening on {}", server.http_addr);
+        // Scripts and tests read the bound addresses from standard output;
+        // a reader that has gone away must not take the server down.
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "grpc listening on {}", server.grpc_addr);
+        let _ = writeln!(stdout, "http listening on {}", server.http_addr);
+        let _ = stdout.flush();
         server.run_until(stop).await
     })?;
     Ok(ExitCode::SUCCESS)

@@ -4,7 +4,7 @@
 
 use super::{
     INDEXED_FIELDS, IndexKind, PointRecord, ScoredRecord, SignalFilter, StoreError, VectorStore,
-    check_points,
+    check_dimension, check_points,
 };
 use parking_lot::Mutex;
 use qdrant_edge::{
@@ -259,13 +259,7 @@ impl VectorStore for EmbeddedStore {
         let filter = qdrant_filter(filter)?;
         let name = collection.to_string();
         self.with(collection, move |c| {
-            if vector.len() != c.dimension {
-                return Err(StoreError::Dimension {
-                    collection: name,
-                    expected: c.dimension,
-                    actual: vector.len(),
-                });
-            }
+            check_dimension(&vector, c.dimension, &name)?;
             let hits = c
                 .shard
                 .search(SearchRequest {

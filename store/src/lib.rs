@@ -161,6 +161,23 @@ pub trait VectorStore: Send + Sync {
     }
 }
 
+/// Refuses a vector of another dimension than the collection's.
+pub fn check_dimension(
+    vector: &[f32],
+    dimension: usize,
+    collection: &str,
+) -> Result<(), StoreError> {
+    if vector.len() == dimension {
+        Ok(())
+    } else {
+        Err(StoreError::Dimension {
+            collection: collection.to_string(),
+            expected: dimension,
+            actual: vector.len(),
+        })
+    }
+}
+
 /// Rejects what no store should hold: a wrong dimension or non-finite values.
 pub fn check_points(
     points: &[PointRecord],
@@ -174,13 +191,7 @@ pub fn check_points(
                 reason: "no vector".into(),
             });
         };
-        if vector.len() != dimension {
-            return Err(StoreError::Dimension {
-                collection: collection.to_string(),
-                expected: dimension,
-                actual: vector.len(),
-            });
-        }
+        check_dimension(vector, dimension, collection)?;
         if vector.iter().any(|v| !v.is_finite()) {
             return Err(StoreError::InvalidPoint {
                 id: point.id,

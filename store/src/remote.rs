@@ -6,7 +6,7 @@
 
 use super::{
     INDEXED_FIELDS, IndexKind, PointRecord, ScoredRecord, SignalFilter, StoreError, VectorStore,
-    check_points,
+    check_dimension, check_points,
 };
 use parking_lot::Mutex;
 use qdrant_client::qdrant::{
@@ -282,13 +282,7 @@ impl VectorStore for RemoteStore {
         with_payload: bool,
     ) -> Result<Vec<ScoredRecord>, StoreError> {
         let dimension = self.dimension(collection)?;
-        if vector.len() != dimension {
-            return Err(StoreError::Dimension {
-                collection: collection.to_string(),
-                expected: dimension,
-                actual: vector.len(),
-            });
-        }
+        check_dimension(&vector, dimension, collection)?;
         let filter = qdrant_filter(filter);
         let response = self
             .retry(|| {

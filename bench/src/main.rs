@@ -1,5 +1,6 @@
 //! `pulse-bench`: measures pulse and writes JSON and markdown.
 
+mod cluster;
 mod embed;
 mod ingest;
 mod load;
@@ -26,6 +27,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Signals through `pulse serve` into its store, and the store alone at scale.
     Ingest(ingest::IngestArgs),
+    /// Exact HDBSCAN on embedding-like vectors, beside the Python package.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(args),
         Command::Load(args) => load::run(args),
         Command::Ingest(args) => ingest::run(args),
+        Command::Cluster(args) => cluster::run(args),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Deterministic synthetic texts for the embedding benchmarks, so every run
-//! and every encoder sees the same inputs.
+//! Deterministic synthetic inputs for the benchmarks (texts for the
+//! embedding ones, embedding-like vectors for clustering), so every run and
+//! every implementation sees the same data.
 
 const WORDS: &[&str] = &[
     "the",
@@ -150,6 +151,73 @@ pub fn long_texts(count: usize) -> Vec<String> {
     (0..count).map(|_| sentence(&mut rng, 400)).collect()
 }
 
+/// Unit vectors shaped like sentence embeddings of a stream of signals:
+/// `n / 250` topics of Zipf-like sizes whose centres share a common direction
+/// (cosine ≈ 0.2 between topics, as real embeddings of one brand's posts),
+/// each point within cosine 0.7–0.87 of its topic centre, and 15 % noise.
+/// Returns the points (`n × dim`) and each point's topic (−1 for noise).
+pub fn embedding_like(n: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
+    let mut rng = Rng(seed | 1);
+    let mut gaussian = move || {
+        // Box–Muller on two uniforms in (0, 1].
+        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let v = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        ((-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    };
+    let unit = |gaussian: &mut dyn FnMut() -> f32| -> Vec<f32> {
+        let v: Vec<f32> = (0..dim).map(|_| gaussian()).collect();
+        normalised(v)
+    };
+    let shared = unit(&mut gaussian);
+    let topics = (n / 250).max(1);
+    let centres: Vec<Vec<f32>> = (0..topics)
+        .map(|_| {
+            let u = unit(&mut gaussian);
+            normalised(shared.iter().zip(&u).map(|(s, x)| 0.45 * s + x).collect())
+        })
+        .collect();
+    let spread: Vec<f32> = (0..topics)
+        .map(|t| 0.55 + 0.45 * (t as f32 / topics as f32))
+        .collect();
+    let weights: Vec<f64> = (0..topics).map(|t| 1.0 / (1.0 + t as f64).powf(0.6)).collect();
+    let total: f64 = weights.iter().sum();
+    let clustered = n - n * 15 / 100;
+    let mut topic_of: Vec<i32> = Vec::with_capacity(n);
+    for (t, w) in weights.iter().enumerate() {
+        let count = if t + 1 == topics {
+            clustered - topic_of.len()
+        } else {
+            ((w / total) * clustered as f64) as usize
+        };
+        topic_of.extend(std::iter::repeat_n(t as i32, count));
+    }
+    topic_of.resize(n, -1);
+    let mut points = Vec::with_capacity(n * dim);
+    for &topic in &topic_of {
+        let point = if topic < 0 {
+            let u = unit(&mut gaussian);
+            normalised(shared.iter().zip(&u).map(|(s, x)| 0.45 * s + x).collect())
+        } else {
+            let t = topic as usize;
+            let scale = spread[t] / (dim as f32).sqrt();
+            normalised(
+                centres[t]
+                    .iter()
+                    .map(|c| c + scale * gaussian())
+                    .collect(),
+            )
+        };
+        points.extend(point);
+    }
+    (points, topic_of)
+}
+
+fn normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +230,18 @@ mod tests {
             assert!((8..=30).contains(&words), "{words}");
         }
         assert!(long_texts(3).iter().all(|t| t.split(' ').count() == 400));
+    }
+
+    #[test]
+    fn embedding_like_points_are_unit_vectors_with_topics_and_noise() {
+        let (points, topics) = embedding_like(1000, 16, 3);
+        assert_eq!(points.len(), 1000 * 16);
+        assert_eq!(topics.iter().filter(|t| **t == -1).count(), 150);
+        assert_eq!(topics.iter().max(), Some(&3));
+        for row in points.chunks_exact(16) {
+            let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5);
+        }
+        assert_eq!(embedding_like(50, 4, 9), embedding_like(50, 4, 9));
     }
 }

@@ -29,6 +29,8 @@ enum Command {
     Ingest(commands::signals::IngestArgs),
     /// Find signals similar to a text on a running server.
     Search(commands::signals::SearchArgs),
+    /// Cluster vectors from a file with HDBSCAN, offline.
+    Cluster(commands::cluster::ClusterArgs),
     /// Inspect models.
     Models {
         #[command(subcommand)]
@@ -72,6 +74,10 @@ fn main() -> ExitCode {
         Command::Search(args) => {
             init_logging(LogFormat::Text);
             commands::signals::search(args)
+        }
+        Command::Cluster(args) => {
+            init_logging(LogFormat::Text);
+            commands::cluster::run(args)
         }
         Command::Models { command } => {
             init_logging(LogFormat::Text);

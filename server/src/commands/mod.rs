@@ -1,3 +1,4 @@
+pub mod cluster;
 pub mod embed;
 pub mod models;
 pub mod signals;

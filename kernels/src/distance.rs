@@ -1,0 +1,641 @@
+//! Pairwise euclidean distances by blocked matrix multiplies, and the
+//! reductions clustering needs over them: k nearest neighbours, and the
+//! lightest mutual-reachability edge between groups of points.
+//!
+//! Distances come from `|a|² + |b|² − 2·a·b` with the dot products of a block
+//! of rows against a block of columns computed by one GEMM call, so the work
+//! runs near the machine's peak instead of in scalar loops. The full n × n
+//! matrix never exists: each worker owns one tile at a time. Rayon spreads
+//! row blocks over the cores.
+
+use parking_lot::Mutex;
+use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const ROW_BLOCK: usize = 256;
+const COL_BLOCK: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DistanceError {
+    #[error("dimension must be at least 1")]
+    ZeroDimension,
+    #[error("{len} values do not make whole rows of dimension {dim}")]
+    RaggedRows { len: usize, dim: usize },
+    #[error("row {row} holds a value that is not finite")]
+    NotFinite { row: usize },
+    #[error("{what} has {got} entries, expected {expected}")]
+    Length {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    #[error("groups must be contiguous ranges covering 0..{n} in order")]
+    Groups { n: usize },
+}
+
+/// Row-major points: `len()` rows of `dim()` values each, all finite.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    data: &'a [f32],
+    dim: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub fn new(data: &'a [f32], dim: usize) -> Result<Self, DistanceError> {
+        if dim == 0 {
+            return Err(DistanceError::ZeroDimension);
+        }
+        if !data.len().is_multiple_of(dim) {
+            return Err(DistanceError::RaggedRows {
+                len: data.len(),
+                dim,
+            });
+        }
+        if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+            return Err(DistanceError::NotFinite { row: at / dim });
+        }
+        Ok(Self { data, dim })
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn block(&self, range: Range<usize>) -> &'a [f32] {
+        &self.data[range.start * self.dim..range.end * self.dim]
+    }
+
+    fn squared_norms(&self) -> Vec<f32> {
+        self.data
+            .par_chunks(self.dim)
+            .map(|r| r.iter().map(|v| v * v).sum())
+            .collect()
+    }
+}
+
+/// Euclidean distance computed directly in f64, for the few distances whose
+/// exact value matters more than the speed of getting them.
+pub fn exact_distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = f64::from(*x) - f64::from(*y);
+            d * d
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Squared distances of `rows` (a block of points) to `cols` (another block)
+/// into `tile` (`rows.len() × cols.len()`, row-major).
+struct TileComputer<'a> {
+    points: Rows<'a>,
+    norms: Vec<f32>,
+}
+
+impl<'a> TileComputer<'a> {
+    fn new(points: Rows<'a>) -> Self {
+        Self {
+            norms: points.squared_norms(),
+            points,
+        }
+    }
+
+    fn squared_distances(&self, rows: Range<usize>, cols: Range<usize>, tile: &mut Vec<f32>) {
+        let (m, n, k) = (rows.len(), cols.len(), self.points.dim);
+        tile.clear();
+        tile.resize(m * n, 0.0);
+        let lhs = self.points.block(rows.clone());
+        let rhs = self.points.block(cols.clone());
+        // SAFETY: `lhs` is m×k and `rhs` n×k row-major, both borrowed for the
+        // call; `tile` was just sized to m×n. The strides below describe
+        // exactly those buffers (rhs read transposed), so gemm reads and
+        // writes only inside them.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                tile.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                lhs.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                -2.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        let col_norms = &self.norms[cols];
+        for (row, out) in rows.zip(tile.chunks_exact_mut(n)) {
+            let row_norm = self.norms[row];
+            for (d, c) in out.iter_mut().zip(col_norms) {
+                *d = (*d + row_norm + c).max(0.0);
+            }
+        }
+    }
+}
+
+/// The `k` nearest other points of every point, nearest first.
+#[derive(Debug, Clone)]
+pub struct Neighbours {
+    k: usize,
+    indices: Vec<u32>,
+    distances: Vec<f32>,
+}
+
+impl Neighbours {
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn len(&self) -> usize {
+        self.indices.len().checked_div(self.k).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// Neighbour indices and euclidean distances of point `i`, nearest first.
+    pub fn of(&self, i: usize) -> (&[u32], &[f32]) {
+        let span = i * self.k..(i + 1) * self.k;
+        (&self.indices[span.clone()], &self.distances[span])
+    }
+
+    /// Builds lists from per-point candidates (`indices`, `distances`, each
+    /// `n × k`, every row sorted nearest first) found some other way.
+    pub fn from_parts(
+        k: usize,
+        indices: Vec<u32>,
+        distances: Vec<f32>,
+    ) -> Result<Self, DistanceError> {
+        if indices.len() != distances.len() {
+            return Err(DistanceError::Length {
+                what: "distances",
+                got: distances.len(),
+                expected: indices.len(),
+            });
+        }
+        if k == 0 || !indices.len().is_multiple_of(k) {
+            return Err(DistanceError::Length {
+                what: "neighbour lists",
+                got: indices.len(),
+                expected: indices.len().div_ceil(k.max(1)) * k.max(1),
+            });
+        }
+        Ok(Self {
+            k,
+            indices,
+            distances,
+        })
+    }
+
+    /// Mutable rows for refining the lists in place (re-sorting after
+    /// recomputing distances, say).
+    pub fn rows_mut(&mut self) -> impl Iterator<Item = (&mut [u32], &mut [f32])> {
+        self.indices
+            .chunks_exact_mut(self.k)
+            .zip(self.distances.chunks_exact_mut(self.k))
+    }
+}
+
+/// Exact k nearest neighbours of every point among all the others (a point is
+/// never its own neighbour; duplicates of it are). `k` is capped at `n − 1`.
+///
+/// Each pair is computed once: the block of rows `i` meets only the columns
+/// from `i` on, and every tile updates the lists of its rows and of its
+/// columns. A list is locked only when a distance beats its current k-th,
+/// which is read lock-free, so after the first tiles almost nothing locks.
+pub fn knn(points: Rows<'_>, k: usize) -> Neighbours {
+    let n = points.len();
+    let k = k.min(n.saturating_sub(1));
+    if k == 0 {
+        return Neighbours {
+            k: 0,
+            indices: Vec::new(),
+            distances: Vec::new(),
+        };
+    }
+    let computer = TileComputer::new(points);
+    let lists: Vec<Mutex<NearestList>> = (0..n).map(|_| Mutex::new(NearestList::new(k))).collect();
+    let worst: Vec<AtomicU32> = (0..n)
+        .map(|_| AtomicU32::new(f32::INFINITY.to_bits()))
+        .collect();
+    let offer = |list: usize, candidate: usize, d: f32| {
+        if d < f32::from_bits(worst[list].load(Ordering::Relaxed)) {
+            let mut guard = lists[list].lock();
+            if guard.offer(candidate as u32, d) {
+                worst[list].store(guard.worst().to_bits(), Ordering::Relaxed);
+            }
+        }
+    };
+    let row_blocks: Vec<Range<usize>> = (0..n)
+        .step_by(ROW_BLOCK)
+        .map(|s| s..(s + ROW_BLOCK).min(n))
+        .collect();
+    row_blocks.into_par_iter().for_each(|rows| {
+        let mut tile = Vec::new();
+        for col_start in (rows.start..n).step_by(COL_BLOCK) {
+            let cols = col_start..(col_start + COL_BLOCK).min(n);
+            computer.squared_distances(rows.clone(), cols.clone(), &mut tile);
+            for (r, row) in rows.clone().enumerate() {
+                let line = &tile[r * cols.len()..(r + 1) * cols.len()];
+                // Only pairs with column > row: the rest is seen elsewhere
+                // (or is the point itself).
+                let first = (row + 1).max(cols.start);
+                for col in first..cols.end {
+                    let d = line[col - cols.start];
+                    offer(row, col, d);
+                    offer(col, row, d);
+                }
+            }
+        }
+    });
+    let mut indices = Vec::with_capacity(n * k);
+    let mut distances = Vec::with_capacity(n * k);
+    for list in lists {
+        let list = list.into_inner();
+        indices.extend_from_slice(&list.indices);
+        distances.extend(list.squared.iter().map(|d| d.sqrt()));
+    }
+    Neighbours {
+        k,
+        indices,
+        distances,
+    }
+}
+
+/// The `k` smallest squared distances offered so far, ascending.
+struct NearestList {
+    indices: Vec<u32>,
+    squared: Vec<f32>,
+}
+
+impl NearestList {
+    fn new(k: usize) -> Self {
+        Self {
+            indices: vec![u32::MAX; k],
+            squared: vec![f32::INFINITY; k],
+        }
+    }
+
+    fn worst(&self) -> f32 {
+        self.squared[self.squared.len() - 1]
+    }
+
+    fn offer(&mut self, index: u32, d: f32) -> bool {
+        if d >= self.worst() {
+            return false;
+        }
+        insert_sorted(&mut self.indices, &mut self.squared, index, d);
+        true
+    }
+}
+
+fn insert_sorted(indices: &mut [u32], dists: &mut [f32], index: u32, d: f32) {
+    let mut at = dists.len() - 1;
+    while at > 0 && dists[at - 1] > d {
+        dists[at] = dists[at - 1];
+        indices[at] = indices[at - 1];
+        at -= 1;
+    }
+    dists[at] = d;
+    indices[at] = index;
+}
+
+/// An edge of the mutual-reachability graph: its weight
+/// `max(core[a], core[b], dist(a, b))` and its end points.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Edge {
+    pub weight: f32,
+    pub a: u32,
+    pub b: u32,
+}
+
+impl Edge {
+    /// Orders by weight, then by end points, so that every caller breaks ties
+    /// the same way (Borůvka needs that to never close a cycle).
+    pub fn lighter_than(&self, other: &Edge) -> bool {
+        let key = |e: &Edge| (e.weight, e.a.min(e.b), e.a.max(e.b));
+        let (x, y) = (key(self), key(other));
+        x.0 < y.0 || (x.0 == y.0 && (x.1, x.2) < (y.1, y.2))
+    }
+}
+
+fn keep_lighter(slot: &mut Option<Edge>, candidate: Edge) {
+    if slot.is_none_or(|s| candidate.lighter_than(&s)) {
+        *slot = Some(candidate);
+    }
+}
+
+/// The lightest mutual-reachability edge between every pair of groups.
+///
+/// Points must be ordered so that each group is a contiguous range; `groups`
+/// lists those ranges in order. The result is the `c × c` matrix (`c` =
+/// number of groups) of lightest edges, `None` on the diagonal. Pairs inside
+/// one group are skipped tile by tile, so the work shrinks as groups grow.
+pub fn lightest_edges_between_groups(
+    points: Rows<'_>,
+    core: &[f32],
+    groups: &[Range<usize>],
+) -> Result<Vec<Option<Edge>>, DistanceError> {
+    let n = points.len();
+    if core.len() != n {
+        return Err(DistanceError::Length {
+            what: "core distances",
+            got: core.len(),
+            expected: n,
+        });
+    }
+    let group_of = group_index(groups, n)?;
+    let c = groups.len();
+    let core_sq: Vec<f32> = core.iter().map(|v| v * v).collect();
+    let computer = TileComputer::new(points);
+    let row_blocks: Vec<Range<usize>> = (0..n)
+        .step_by(ROW_BLOCK)
+        .map(|s| s..(s + ROW_BLOCK).min(n))
+        .collect();
+    let partials: Vec<Vec<(usize, usize, Edge)>> = row_blocks
+        .into_par_iter()
+        .map(|rows| {
+            let first_group = group_of[rows.start];
+            let last_group = group_of[rows.end - 1];
+            let span = last_group - first_group + 1;
+            let mut best: Vec<Option<Edge>> = vec![None; span * c];
+            let mut tile = Vec::new();
+            // Symmetric: a pair is seen from the block of its smaller index.
+            for col_start in (rows.start..n).step_by(COL_BLOCK) {
+                let cols = col_start..(col_start + COL_BLOCK).min(n);
+                if first_group == last_group
+                    && group_of[cols.start] == first_group
+                    && group_of[cols.end - 1] == first_group
+                {
+                    continue;
+                }
+                computer.squared_distances(rows.clone(), cols.clone(), &mut tile);
+                for (r, row) in rows.clone().enumerate() {
+                    let row_group = group_of[row];
+                    let line = &tile[r * cols.len()..(r + 1) * cols.len()];
+                    let mut c0 = cols.start;
+                    while c0 < cols.end {
+                        let col_group = group_of[c0];
+                        let run_end = groups[col_group].end.min(cols.end);
+                        if col_group != row_group {
+                            let mut lightest = f32::INFINITY;
+                            let mut at = c0;
+                            for col in c0..run_end {
+                                let w = line[col - cols.start].max(core_sq[col]);
+                                if w < lightest {
+                                    lightest = w;
+                                    at = col;
+                                }
+                            }
+                            let edge = Edge {
+                                weight: lightest.max(core_sq[row]),
+                                a: row as u32,
+                                b: at as u32,
+                            };
+                            keep_lighter(&mut best[(row_group - first_group) * c + col_group], edge);
+                        }
+                        c0 = run_end;
+                    }
+                }
+            }
+            best.into_iter()
+                .enumerate()
+                .filter_map(|(slot, e)| e.map(|e| (first_group + slot / c, slot % c, e)))
+                .collect()
+        })
+        .collect();
+    let mut matrix: Vec<Option<Edge>> = vec![None; c * c];
+    for (ga, gb, edge) in partials.into_iter().flatten() {
+        keep_lighter(&mut matrix[ga * c + gb], edge);
+        keep_lighter(&mut matrix[gb * c + ga], edge);
+    }
+    for e in matrix.iter_mut().flatten() {
+        e.weight = e.weight.sqrt();
+    }
+    Ok(matrix)
+}
+
+/// For every point, the lightest mutual-reachability edge to a point of
+/// another group (`None` when there is only one group). Same layout rules as
+/// [`lightest_edges_between_groups`]; used when there are too many groups for
+/// a `c × c` matrix.
+pub fn lightest_edges_to_other_groups(
+    points: Rows<'_>,
+    core: &[f32],
+    groups: &[Range<usize>],
+) -> Result<Vec<Option<Edge>>, DistanceError> {
+    let n = points.len();
+    if core.len() != n {
+        return Err(DistanceError::Length {
+            what: "core distances",
+            got: core.len(),
+            expected: n,
+        });
+    }
+    let group_of = group_index(groups, n)?;
+    let core_sq: Vec<f32> = core.iter().map(|v| v * v).collect();
+    let computer = TileComputer::new(points);
+    let mut best: Vec<Option<Edge>> = vec![None; n];
+    best.par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(block, block_best)| {
+            let rows = block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(n);
+            let mut tile = Vec::new();
+            for col_start in (0..n).step_by(COL_BLOCK) {
+                let cols = col_start..(col_start + COL_BLOCK).min(n);
+                let g = group_of[rows.start];
+                if group_of[rows.end - 1] == g
+                    && group_of[cols.start] == g
+                    && group_of[cols.end - 1] == g
+                {
+                    continue;
+                }
+                computer.squared_distances(rows.clone(), cols.clone(), &mut tile);
+                for (r, row) in rows.clone().enumerate() {
+                    let row_group = group_of[row];
+                    let line = &tile[r * cols.len()..(r + 1) * cols.len()];
+                    for (offset, &d) in line.iter().enumerate() {
+                        let col = cols.start + offset;
+                        if group_of[col] == row_group {
+                            continue;
+                        }
+                        let edge = Edge {
+                            weight: d.max(core_sq[col]).max(core_sq[row]),
+                            a: row as u32,
+                            b: col as u32,
+                        };
+                        keep_lighter(&mut block_best[r], edge);
+                    }
+                }
+            }
+        });
+    for e in best.iter_mut().flatten() {
+        e.weight = e.weight.sqrt();
+    }
+    Ok(best)
+}
+
+fn group_index(groups: &[Range<usize>], n: usize) -> Result<Vec<usize>, DistanceError> {
+    let mut group_of = Vec::with_capacity(n);
+    for (g, range) in groups.iter().enumerate() {
+        if range.start != group_of.len() || range.is_empty() {
+            return Err(DistanceError::Groups { n });
+        }
+        group_of.extend(std::iter::repeat_n(g, range.len()));
+    }
+    if group_of.len() != n {
+        return Err(DistanceError::Groups { n });
+    }
+    Ok(group_of)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg_points(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..n * dim)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn brute_sq(points: &Rows<'_>, i: usize, j: usize) -> f64 {
+        exact_distance(points.row(i), points.row(j)).powi(2)
+    }
+
+    #[test]
+    fn rows_reject_bad_shapes_and_values() {
+        assert_eq!(Rows::new(&[1.0], 0).unwrap_err(), DistanceError::ZeroDimension);
+        assert!(matches!(
+            Rows::new(&[1.0, 2.0, 3.0], 2),
+            Err(DistanceError::RaggedRows { .. })
+        ));
+        assert_eq!(
+            Rows::new(&[1.0, 2.0, f32::NAN, 0.0], 2).unwrap_err(),
+            DistanceError::NotFinite { row: 1 }
+        );
+    }
+
+    #[test]
+    fn knn_matches_brute_force_across_tile_edges() {
+        // More rows than one row block and more columns than one column block.
+        let (n, dim, k) = (2300, 7, 5);
+        let data = lcg_points(n, dim, 7);
+        let points = Rows::new(&data, dim).unwrap();
+        let found = knn(points, k);
+        for i in [0, 1, 255, 256, 1000, 2047, 2048, 2299] {
+            let mut all: Vec<(f64, usize)> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| (brute_sq(&points, i, j), j))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (idx, dist) = found.of(i);
+            for (rank, (want_sq, want_j)) in all.iter().take(k).enumerate() {
+                assert!((f64::from(dist[rank]).powi(2) - want_sq).abs() < 1e-4, "point {i} rank {rank}");
+                assert_eq!(idx[rank] as usize, *want_j, "point {i} rank {rank}");
+            }
+        }
+    }
+
+    #[test]
+    fn knn_caps_k_and_counts_duplicates() {
+        let data = [0.0, 0.0, 0.0, 0.0, 3.0, 4.0];
+        let found = knn(Rows::new(&data, 2).unwrap(), 10);
+        assert_eq!(found.k(), 2);
+        assert_eq!(found.of(0).0, &[1, 2]);
+        assert_eq!(found.of(0).1, &[0.0, 5.0]);
+        assert!(knn(Rows::new(&data[..2], 2).unwrap(), 3).is_empty());
+    }
+
+    fn brute_edge(points: &Rows<'_>, core: &[f32], a: usize, b: usize) -> f64 {
+        brute_sq(points, a, b)
+            .sqrt()
+            .max(f64::from(core[a]))
+            .max(f64::from(core[b]))
+    }
+
+    #[test]
+    fn group_edges_match_brute_force() {
+        let (n, dim) = (2600, 3);
+        let data = lcg_points(n, dim, 11);
+        let points = Rows::new(&data, dim).unwrap();
+        let core: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.01).collect();
+        let groups = vec![0..5, 5..1400, 1400..1401, 1401..2600];
+        let matrix = lightest_edges_between_groups(points, &core, &groups).unwrap();
+        let per_point = lightest_edges_to_other_groups(points, &core, &groups).unwrap();
+        let c = groups.len();
+        for ga in 0..c {
+            assert!(matrix[ga * c + ga].is_none());
+            for gb in 0..c {
+                if ga == gb {
+                    continue;
+                }
+                let mut want = f64::INFINITY;
+                for a in groups[ga].clone() {
+                    for b in groups[gb].clone() {
+                        want = want.min(brute_edge(&points, &core, a, b));
+                    }
+                }
+                let got = matrix[ga * c + gb].unwrap();
+                assert!((f64::from(got.weight) - want).abs() < 1e-4, "{ga}-{gb}");
+                let (a, b) = (got.a as usize, got.b as usize);
+                assert!(groups[ga].contains(&a) || groups[ga].contains(&b));
+                assert!(groups[gb].contains(&a) || groups[gb].contains(&b));
+                assert!((brute_edge(&points, &core, a, b) - want).abs() < 1e-4);
+            }
+        }
+        for i in [0, 4, 5, 900, 1400, 2599] {
+            let g = groups.iter().position(|r| r.contains(&i)).unwrap();
+            let want = (0..n)
+                .filter(|j| !groups[g].contains(j))
+                .map(|j| brute_edge(&points, &core, i, j))
+                .fold(f64::INFINITY, f64::min);
+            let got = per_point[i].unwrap();
+            assert!((f64::from(got.weight) - want).abs() < 1e-4, "point {i}");
+        }
+    }
+
+    #[test]
+    fn groups_must_tile_the_points() {
+        let data = [0.0; 8];
+        let points = Rows::new(&data, 2).unwrap();
+        let core = [0.0; 4];
+        for bad in [vec![0..2], vec![0..2, 3..4], vec![0..2, 2..2, 2..4]] {
+            assert!(matches!(
+                lightest_edges_between_groups(points, &core, &bad),
+                Err(DistanceError::Groups { n: 4 })
+            ));
+        }
+    }
+}

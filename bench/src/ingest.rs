@@ -201,6 +201,7 @@ async fn measure_store(args: &IngestArgs, dir: &std::path::Path) -> anyhow::Resu
         sources: vec![sources[k % sources.len()].to_string()],
         ts_from: Some(t0),
         ts_to: Some(t0 + (args.store_points as i64) * 700),
+        fields: Vec::new(),
     };
     let mut search = async |store: &EmbeddedStore| -> anyhow::Result<Latency> {
         let mut times = Vec::new();

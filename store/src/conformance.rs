@@ -148,6 +148,46 @@ pub async fn run<S: VectorStore>(open: impl Fn() -> S) {
     }
     assert_eq!(seen.len(), POINTS);
 
+    // Setting payload keys keeps the other keys and the vector, and the new
+    // keys filter like any other.
+    let labelled: Vec<(Uuid, Map<String, Value>)> = points[..300]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let Value::Object(keys) = json!({"cluster": (i % 3) as i64, "run": "r1"}) else {
+                unreachable!()
+            };
+            (p.id, keys)
+        })
+        .collect();
+    store.set_payload(name, labelled).await.unwrap();
+    let fetched = store.retrieve(name, &[points[4].id]).await.unwrap();
+    assert_eq!(fetched[0].payload["cluster"], 1);
+    assert_eq!(fetched[0].payload["signal_id"], "s4");
+    assert!(
+        dot(
+            fetched[0].vector.as_ref().unwrap(),
+            points[4].vector.as_ref().unwrap()
+        ) > 0.9999
+    );
+    let cluster_two = SignalFilter {
+        fields: vec![
+            ("cluster".into(), FieldValue::Integer(2)),
+            ("run".into(), FieldValue::Keyword("r1".into())),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(store.count(name, &cluster_two).await.unwrap(), 100);
+    let unknown = Uuid::new_v5(&Uuid::NAMESPACE_OID, b"never stored");
+    assert!(
+        store
+            .set_payload(name, vec![(unknown, Map::new())])
+            .await
+            .is_err(),
+        "setting the payload of a missing point must fail"
+    );
+    assert_eq!(store.count(name, &everything).await.unwrap(), POINTS);
+
     // Rejected writes store nothing.
     let mut bad = point(&mut rng, POINTS + 1);
     bad.vector.as_mut().unwrap()[0] = f32::NAN;

@@ -9,9 +9,10 @@ use super::{
 use parking_lot::Mutex;
 use qdrant_edge::{
     CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder,
-    FieldIndexOperations, Filter, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId,
-    PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest, SearchRequest,
-    UpdateOperation, VectorStructInternal, WithPayloadInterface, WithVector,
+    FieldIndexOperations, Filter, NamedQuery, PayloadFieldSchema, PayloadOps, PayloadSchemaType,
+    PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest,
+    SearchRequest, SetPayloadOp, UpdateOperation, VectorStructInternal, WithPayloadInterface,
+    WithVector,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -198,9 +199,21 @@ fn dense(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
 impl Collection {
     /// Applies `operation` and makes it durable before returning.
     fn write(&self, operation: UpdateOperation) -> Result<(), StoreError> {
+        self.write_all(std::iter::once(operation))
+    }
+
+    /// Applies `operations` in order and makes them durable with one flush;
+    /// on an error the operations before it stay applied.
+    fn write_all(
+        &self,
+        operations: impl IntoIterator<Item = UpdateOperation>,
+    ) -> Result<(), StoreError> {
         let _turn = self.writer.lock();
-        self.shard.update(operation).map_err(backend)?;
+        let applied = operations
+            .into_iter()
+            .try_for_each(|operation| self.shard.update(operation).map(drop));
         self.shard.flush();
+        applied.map_err(backend)?;
         self.dirty.store(true, Ordering::Release);
         *self.last_write.lock() = Instant::now();
         Ok(())
@@ -363,6 +376,24 @@ impl VectorStore for EmbeddedStore {
                     exact: true,
                 })
                 .map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_payload(
+        &self,
+        collection: &str,
+        updates: Vec<(Uuid, Map<String, Value>)>,
+    ) -> Result<(), StoreError> {
+        self.with(collection, move |c| {
+            c.write_all(updates.into_iter().map(|(id, payload)| {
+                UpdateOperation::PayloadOperation(PayloadOps::SetPayload(SetPayloadOp {
+                    payload: payload.into(),
+                    points: Some(vec![PointId::Uuid(id)]),
+                    filter: None,
+                    key: None,
+                }))
+            }))
         })
         .await
     }

@@ -58,6 +58,24 @@ pub struct SignalFilter {
     /// Inclusive bounds on `ts` (Unix milliseconds).
     pub ts_from: Option<i64>,
     pub ts_to: Option<i64>,
+    /// Payload fields that must hold exactly these values.
+    pub fields: Vec<(String, FieldValue)>,
+}
+
+/// A value a payload field is matched against.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Keyword(String),
+    Integer(i64),
+}
+
+impl FieldValue {
+    fn to_json(&self) -> Value {
+        match self {
+            FieldValue::Keyword(k) => json!(k),
+            FieldValue::Integer(i) => json!(i),
+        }
+    }
 }
 
 impl SignalFilter {
@@ -80,6 +98,9 @@ impl SignalFilter {
             }
             must.push(json!({"key": "ts", "range": range}));
         }
+        for (key, value) in &self.fields {
+            must.push(json!({"key": key, "match": {"value": value.to_json()}}));
+        }
         (!must.is_empty()).then(|| json!({ "must": must }))
     }
 
@@ -99,7 +120,11 @@ impl SignalFilter {
             .ts_from
             .is_none_or(|from| ts.is_some_and(|t| t >= from));
         let to_ok = self.ts_to.is_none_or(|to| ts.is_some_and(|t| t <= to));
-        brand_ok && source_ok && from_ok && to_ok
+        let fields_ok = self
+            .fields
+            .iter()
+            .all(|(key, value)| payload.get(key) == Some(&value.to_json()));
+        brand_ok && source_ok && from_ok && to_ok && fields_ok
     }
 }
 
@@ -151,6 +176,13 @@ pub trait VectorStore: Send + Sync {
         with_vectors: bool,
     ) -> Result<(Vec<PointRecord>, Option<Uuid>), StoreError>;
     async fn count(&self, collection: &str, filter: &SignalFilter) -> Result<usize, StoreError>;
+    /// Sets the given keys in each point's payload, keeping its other keys;
+    /// a point that does not exist is an error.
+    async fn set_payload(
+        &self,
+        collection: &str,
+        updates: Vec<(Uuid, Map<String, Value>)>,
+    ) -> Result<(), StoreError>;
     async fn delete(&self, collection: &str, filter: &SignalFilter) -> Result<(), StoreError>;
     async fn delete_ids(&self, collection: &str, ids: &[Uuid]) -> Result<(), StoreError>;
     /// Housekeeping off the request path (index building); collections

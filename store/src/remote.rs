@@ -5,15 +5,16 @@
 //! failures with jittered exponential back-off.
 
 use super::{
-    INDEXED_FIELDS, IndexKind, PointRecord, ScoredRecord, SignalFilter, StoreError, VectorStore,
-    check_dimension, check_points,
+    FieldValue, INDEXED_FIELDS, IndexKind, PointRecord, ScoredRecord, SignalFilter, StoreError,
+    VectorStore, check_dimension, check_points,
 };
 use parking_lot::Mutex;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct,
-    PointsIdsList, Range, ScrollPointsBuilder, SearchPointsBuilder, UpsertPointsBuilder,
-    VectorParamsBuilder, point_id::PointIdOptions,
+    PointsIdsList, PointsUpdateOperation, Range, ScrollPointsBuilder, SearchPointsBuilder,
+    UpdateBatchPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder, point_id::PointIdOptions,
+    points_update_operation,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::{Map, Value};
@@ -141,6 +142,12 @@ fn qdrant_filter(filter: &SignalFilter) -> Option<Filter> {
                 ..Default::default()
             },
         ));
+    }
+    for (key, value) in &filter.fields {
+        must.push(match value {
+            FieldValue::Keyword(k) => Condition::matches(key.as_str(), k.clone()),
+            FieldValue::Integer(i) => Condition::matches(key.as_str(), *i),
+        });
     }
     (!must.is_empty()).then(|| Filter::must(must))
 }
@@ -391,6 +398,37 @@ impl VectorStore for RemoteStore {
             })
             .await?;
         Ok(response.result.map_or(0, |r| r.count as usize))
+    }
+
+    async fn set_payload(
+        &self,
+        collection: &str,
+        updates: Vec<(Uuid, Map<String, Value>)>,
+    ) -> Result<(), StoreError> {
+        // Per-point payloads differ, so each is its own operation; a batch
+        // carries many in one round trip.
+        const OPERATIONS_PER_CALL: usize = 256;
+        for chunk in updates.chunks(OPERATIONS_PER_CALL) {
+            let operations: Vec<PointsUpdateOperation> = chunk
+                .iter()
+                .map(|(id, payload)| PointsUpdateOperation {
+                    operation: Some(points_update_operation::Operation::SetPayload(
+                        points_update_operation::SetPayload {
+                            payload: Payload::from(payload.clone()).into(),
+                            points_selector: Some(vec![point_id(*id)].into()),
+                            ..Default::default()
+                        },
+                    )),
+                })
+                .collect();
+            self.retry(|| {
+                self.client.update_points_batch(
+                    UpdateBatchPointsBuilder::new(collection, operations.clone()).wait(true),
+                )
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn delete(&self, collection: &str, filter: &SignalFilter) -> Result<(), StoreError> {

@@ -120,7 +120,9 @@ fn run_python(
     pulse_labels: &[i32],
 ) -> anyhow::Result<PythonRun> {
     let input = args.out_dir.join(format!("cluster-{n}x{}.f32", args.dim));
-    let output = args.out_dir.join(format!("cluster-{n}x{}.python.json", args.dim));
+    let output = args
+        .out_dir
+        .join(format!("cluster-{n}x{}.python.json", args.dim));
     let bytes: Vec<u8> = points.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&input, bytes).with_context(|| format!("cannot write {}", input.display()))?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/hdbscan_reference.py");
@@ -156,7 +158,10 @@ fn run_python(
     };
     match status {
         None => {
-            eprintln!("python hdbscan {n}: stopped after {} s", args.python_timeout_seconds);
+            eprintln!(
+                "python hdbscan {n}: stopped after {} s",
+                args.python_timeout_seconds
+            );
             Ok(not_run(format!(
                 "did not finish in {} s",
                 args.python_timeout_seconds

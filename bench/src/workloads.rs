@@ -179,7 +179,9 @@ pub fn embedding_like(n: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
     let spread: Vec<f32> = (0..topics)
         .map(|t| 0.55 + 0.45 * (t as f32 / topics as f32))
         .collect();
-    let weights: Vec<f64> = (0..topics).map(|t| 1.0 / (1.0 + t as f64).powf(0.6)).collect();
+    let weights: Vec<f64> = (0..topics)
+        .map(|t| 1.0 / (1.0 + t as f64).powf(0.6))
+        .collect();
     let total: f64 = weights.iter().sum();
     let clustered = n - n * 15 / 100;
     let mut topic_of: Vec<i32> = Vec::with_capacity(n);
@@ -200,12 +202,7 @@ pub fn embedding_like(n: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
         } else {
             let t = topic as usize;
             let scale = spread[t] / (dim as f32).sqrt();
-            normalised(
-                centres[t]
-                    .iter()
-                    .map(|c| c + scale * gaussian())
-                    .collect(),
-            )
+            normalised(centres[t].iter().map(|c| c + scale * gaussian()).collect())
         };
         points.extend(point);
     }
@@ -213,7 +210,12 @@ pub fn embedding_like(n: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
 }
 
 fn normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
     v.iter_mut().for_each(|x| *x /= norm);
     v
 }

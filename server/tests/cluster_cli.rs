@@ -54,7 +54,11 @@ fn clusters_raw_f32_like_the_python_package() {
         out.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stderr(&output).contains("2000 points × 384: 12 clusters"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("2000 points × 384: 12 clusters"),
+        "{}",
+        stderr(&output)
+    );
     let result = read_json(&out);
     let reference = read_json(&fixture("blobs384_n2000.run0.json"));
     assert_eq!(result["n_clusters"], 12);
@@ -124,22 +128,47 @@ fn bad_input_and_parameters_are_clear_errors() {
 
     let cases: [(&[&str], i32, &str); 6] = [
         (&["--input", raw], 1, "raw f32 input needs --dim"),
-        (&["--input", raw, "--dim", "2"], 1, "not a whole number of rows"),
-        (&["--input", jsonl], 1, "line 2: embedding has 3 values, expected 2"),
-        (&["--input", "/no/such/file"], 1, "cannot open /no/such/file"),
+        (
+            &["--input", raw, "--dim", "2"],
+            1,
+            "not a whole number of rows",
+        ),
+        (
+            &["--input", jsonl],
+            1,
+            "line 2: embedding has 3 values, expected 2",
+        ),
+        (
+            &["--input", "/no/such/file"],
+            1,
+            "cannot open /no/such/file",
+        ),
         (
             &["--input", jsonl, "--format", "f32", "--dim", "1"],
             1,
             "not a whole number of rows",
         ),
-        (&["--input", raw, "--metric", "manhattan"], 2, "unknown metric `manhattan`"),
+        (
+            &["--input", raw, "--metric", "manhattan"],
+            2,
+            "unknown metric `manhattan`",
+        ),
     ];
     for (extra, code, message) in cases {
         let mut args = vec!["cluster", "--min-cluster-size", "5", "--output", out];
         args.extend_from_slice(extra);
         let output = pulse(&args);
-        assert_eq!(output.status.code(), Some(code), "{extra:?}: {}", stderr(&output));
-        assert!(stderr(&output).contains(message), "{extra:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{extra:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(message),
+            "{extra:?}: {}",
+            stderr(&output)
+        );
     }
 
     let input = fixture("lowdim5_n3000.f32");

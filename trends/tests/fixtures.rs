@@ -113,7 +113,15 @@ fn exact_mode_matches_the_python_package() {
         let (min_ari, max_diff) = tolerance(&r.name);
         assert_eq!(got.n_clusters, r.n_clusters, "{}", r.name);
         assert!(ari >= min_ari, "{}: ARI {ari}", r.name);
-        assert!(prob_diff <= max_diff, "{}: probabilities off by {prob_diff}", r.name);
-        assert!(outlier_diff <= max_diff, "{}: outlier scores off by {outlier_diff}", r.name);
+        assert!(
+            prob_diff <= max_diff,
+            "{}: probabilities off by {prob_diff}",
+            r.name
+        );
+        assert!(
+            outlier_diff <= max_diff,
+            "{}: outlier scores off by {outlier_diff}",
+            r.name
+        );
     }
 }

@@ -124,8 +124,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn read_input(path: &Path, format: InputFormat, dim: Option<usize>) -> anyhow::Result<Input> {
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {}", path.display()))?;
@@ -145,7 +145,7 @@ fn read_f32(bytes: &[u8], dim: Option<usize>) -> anyhow::Result<Input> {
         bail!("raw f32 input needs --dim (a positive number of values per row)");
     };
     let row_bytes = 4 * dim;
-    if bytes.len() % row_bytes != 0 {
+    if !bytes.len().is_multiple_of(row_bytes) {
         bail!(
             "the input has {} bytes, not a whole number of rows of {dim} f32 values ({row_bytes} bytes)",
             bytes.len()

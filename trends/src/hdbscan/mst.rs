@@ -38,10 +38,12 @@ impl NeighbourLists {
         for i in 0..n {
             row.clear();
             let (idx, _) = found.of(i);
-            row.extend(
-                idx.iter()
-                    .map(|&j| (distance::exact_distance(points.row(i), points.row(j as usize)), j)),
-            );
+            row.extend(idx.iter().map(|&j| {
+                (
+                    distance::exact_distance(points.row(i), points.row(j as usize)),
+                    j,
+                )
+            }));
             row.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             indices.extend(row.iter().map(|r| r.1));
             distances.extend(row.iter().map(|r| r.0));
@@ -115,8 +117,7 @@ fn join_by_listed_edges(
     loop {
         let component: Vec<usize> = (0..n).map(|i| sets.find(i)).collect();
         let mut floor = vec![f64::INFINITY; n];
-        for i in 0..n {
-            let c = component[i];
+        for (i, &c) in component.iter().enumerate() {
             floor[c] = floor[c].min(lists.last_distance(i));
         }
         let mut best: Vec<Option<WeightedEdge>> = vec![None; n];
@@ -357,7 +358,10 @@ mod tests {
             }
             let total: f64 = tree.iter().map(|e| e.weight).sum();
             let want = brute_force_weight(points, &core);
-            assert!((total - want).abs() < 1e-6 * want, "k={k}: {total} vs {want}");
+            assert!(
+                (total - want).abs() < 1e-6 * want,
+                "k={k}: {total} vs {want}"
+            );
         }
     }
 }

@@ -143,7 +143,11 @@ fn condense(n: usize, merges: &[Merge], min_cluster_size: usize) -> Vec<Condense
                 fall_out(right, &mut rows);
             }
             (true, false) | (false, true) => {
-                let (kept, dropped) = if left_big { (left, right) } else { (right, left) };
+                let (kept, dropped) = if left_big {
+                    (left, right)
+                } else {
+                    (right, left)
+                };
                 relabel[kept] = parent;
                 fall_out(dropped, &mut rows);
                 if kept >= n {
@@ -467,7 +471,11 @@ mod tests {
         let rows = condense(6, &merges, 3);
         let clusters: Vec<_> = rows.iter().filter(|r| r.child >= 6).collect();
         assert_eq!(clusters.len(), 2);
-        assert!(clusters.iter().all(|r| r.parent == 6 && r.lambda == 0.1 && r.size == 3));
+        assert!(
+            clusters
+                .iter()
+                .all(|r| r.parent == 6 && r.lambda == 0.1 && r.size == 3)
+        );
         assert_eq!(rows.iter().filter(|r| r.child < 6).count(), 6);
         // With min_cluster_size 4 nothing splits: all points fall out of the root.
         let rows = condense(6, &merges, 4);

@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/pulse/v1/embedding.proto",
                 "proto/pulse/v1/models.proto",
                 "proto/pulse/v1/signals.proto",
+                "proto/pulse/v1/trends.proto",
             ],
             &["proto"],
         )?;

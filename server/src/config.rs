@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Largest signal text, in bytes.
     #[arg(long, env = "PULSE_MAX_TEXT_BYTES", default_value = "1048576")]
     pub max_text_bytes: NonZeroUsize,
+    /// Re-clustering jobs that may run at once (each uses every core);
+    /// jobs of one brand and model always run one at a time.
+    #[arg(long, env = "PULSE_CLUSTER_JOBS", default_value = "1")]
+    pub cluster_jobs: NonZeroUsize,
     /// Embeddings kept in each model's content-hash cache (0: no cache).
     #[arg(long, env = "PULSE_CACHE_CAPACITY", default_value = "65536")]
     pub cache_capacity: usize,

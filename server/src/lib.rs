@@ -6,18 +6,21 @@ pub mod grpc;
 pub mod http;
 pub mod models;
 pub mod signals;
+pub mod trends;
 
 use crate::batcher::BatcherConfig;
 use crate::config::ServeArgs;
 use crate::grpc::{EmbeddingApi, Limits, ModelApi};
 use crate::models::{EmbedOptions, Registry, ServedModel};
 use crate::signals::{SignalApi, SignalLimits};
+use crate::trends::{Jobs, TrendApi};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pulse_proto::v1::embedding_service_server::EmbeddingServiceServer;
 use pulse_proto::v1::model_service_server::ModelServiceServer;
 use pulse_proto::v1::signal_service_server::SignalServiceServer;
+use pulse_proto::v1::trend_service_server::TrendServiceServer;
 use pulse_store::{EmbeddedStore, RemoteOptions, RemoteStore, VectorStore};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,6 +137,13 @@ impl Server {
                 stopped.clone(),
             ))
         });
+        let trend_service = TrendServiceServer::new(TrendApi {
+            registry: registry.clone(),
+            store: store.clone(),
+            jobs: Jobs::new(store.clone(), args.cluster_jobs.get()),
+        })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let signal_service = SignalServiceServer::new(SignalApi {
             registry: registry.clone(),
             store,
@@ -164,6 +174,7 @@ impl Server {
             .add_service(embedding)
             .add_service(model_service)
             .add_service(signal_service)
+            .add_service(trend_service)
             .serve_with_incoming_shutdown(
                 // Small replies must not wait for the peer's delayed ACK.
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -287,6 +298,7 @@ async fn set_health(
         "pulse.v1.EmbeddingService",
         "pulse.v1.ModelService",
         "pulse.v1.SignalService",
+        "pulse.v1.TrendService",
     ] {
         reporter.set_service_status(service, status).await;
     }

@@ -31,6 +31,10 @@ enum Command {
     Search(commands::signals::SearchArgs),
     /// Cluster vectors from a file with HDBSCAN, offline.
     Cluster(commands::cluster::ClusterArgs),
+    /// Ask a running server to re-cluster a brand's signals (for schedulers).
+    Recluster(commands::trends::ReclusterArgs),
+    /// Print a brand's trends from a running server.
+    Trends(commands::trends::TrendsArgs),
     /// Inspect models.
     Models {
         #[command(subcommand)]
@@ -78,6 +82,14 @@ fn main() -> ExitCode {
         Command::Cluster(args) => {
             init_logging(LogFormat::Text);
             commands::cluster::run(args)
+        }
+        Command::Recluster(args) => {
+            init_logging(LogFormat::Text);
+            commands::trends::recluster(args)
+        }
+        Command::Trends(args) => {
+            init_logging(LogFormat::Text);
+            commands::trends::trends(args)
         }
         Command::Models { command } => {
             init_logging(LogFormat::Text);

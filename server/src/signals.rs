@@ -32,7 +32,12 @@ pub fn point_id(brand: &str, id: &str) -> Uuid {
 
 /// The collection holding the vectors of `model`.
 pub fn collection_name(model: &str) -> String {
-    let slug: String = model
+    format!("signals__{}", model_slug(model))
+}
+
+/// `model` as a collection-name suffix.
+pub(crate) fn model_slug(model: &str) -> String {
+    model
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -41,8 +46,7 @@ pub fn collection_name(model: &str) -> String {
                 '-'
             }
         })
-        .collect();
-    format!("signals__{slug}")
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -58,7 +62,7 @@ pub struct SignalApi {
     pub limits: SignalLimits,
 }
 
-fn store_status(err: StoreError) -> Status {
+pub(crate) fn store_status(err: StoreError) -> Status {
     match err {
         StoreError::NoCollection(_) => Status::not_found(err.to_string()),
         StoreError::Dimension { .. } | StoreError::Filter(_) | StoreError::InvalidPoint { .. } => {
@@ -68,7 +72,7 @@ fn store_status(err: StoreError) -> Status {
     }
 }
 
-fn millis(ts: &prost_types::Timestamp) -> Option<i64> {
+pub(crate) fn millis(ts: &prost_types::Timestamp) -> Option<i64> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return None;
     }
@@ -77,7 +81,7 @@ fn millis(ts: &prost_types::Timestamp) -> Option<i64> {
         .checked_add(i64::from(ts.nanos) / 1_000_000)
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
@@ -106,10 +110,11 @@ fn filter_of(filter: Option<pb::SignalFilter>) -> Result<SignalFilter, Status> {
         sources: filter.sources,
         ts_from,
         ts_to,
+        fields: Vec::new(),
     })
 }
 
-fn stored_signal(payload: &Map<String, Value>) -> pb::StoredSignal {
+pub(crate) fn stored_signal(payload: &Map<String, Value>) -> pb::StoredSignal {
     let text = |key: &str| {
         payload
             .get(key)

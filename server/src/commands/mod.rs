@@ -2,6 +2,7 @@ pub mod cluster;
 pub mod embed;
 pub mod models;
 pub mod signals;
+pub mod trends;
 
 use clap::Args;
 use pulse_models::{DEFAULT_MODEL, Embedder};

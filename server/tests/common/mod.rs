@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use pulse_models::{DEFAULT_MODEL, DeviceSpec, Embedder, EmbedderOptions, ResolveOptions};
+use pulse_proto::v1::trend_service_client::TrendServiceClient;
 use pulse_server::Server;
 use pulse_server::config::ServeArgs;
 use std::sync::OnceLock;
@@ -111,4 +112,60 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb)
+}
+
+/// Watches a re-cluster job to its end and checks that it succeeded.
+pub async fn succeeded(
+    api: &mut TrendServiceClient<Channel>,
+    job: &pulse_proto::v1::Job,
+) -> pulse_proto::v1::Job {
+    let mut updates = api
+        .watch_job(pulse_proto::v1::JobRequest {
+            job_id: job.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(job) = updates.message().await.unwrap() {
+        last = Some(job);
+    }
+    let last = last.expect("the watch sends at least the current state");
+    assert_eq!(
+        last.state,
+        pulse_proto::v1::JobState::Succeeded as i32,
+        "job failed: {}",
+        last.error
+    );
+    last
+}
+
+/// Every member of a trend, read `page_size` at a time, and the trend.
+pub async fn members(
+    api: &mut TrendServiceClient<Channel>,
+    brand: &str,
+    trend_id: i64,
+    page_size: u32,
+) -> (Vec<pulse_proto::v1::Member>, pulse_proto::v1::Trend) {
+    let mut members = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = api
+            .get_trend(pulse_proto::v1::GetTrendRequest {
+                brand: brand.into(),
+                trend_id,
+                page_size,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.members.len() <= page_size as usize);
+        members.extend(page.members);
+        if page.next_page_token.is_empty() {
+            return (members, page.trend.expect("a page names its trend"));
+        }
+        token = page.next_page_token;
+    }
 }

@@ -1,0 +1,788 @@
+//! Re-clustering jobs: queued per (brand, model) so one runs at a time for
+//! each, and at most `concurrency` at once overall (clustering takes every
+//! core it is given). A job loads the window's vectors from the store,
+//! clusters them, summarises the trends, gives them stable ids, writes each
+//! signal's label and stores the run. Jobs live in memory: a restart
+//! forgets them, not the runs they stored.
+
+use super::records::{self, ParamsRecord, RepresentativeRecord, RunRecord, TrendRecord};
+use parking_lot::Mutex;
+use pulse_proto::v1 as pb;
+use pulse_store::{PointRecord, SignalFilter, StoreError, VectorStore};
+use pulse_trends::lineage::{self, MatchThresholds, Origin, PreviousTrend};
+use pulse_trends::summary::{self, SignalFacts, SummaryParams};
+use pulse_trends::{HdbscanError, Metric, Params};
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Semaphore, watch};
+use uuid::Uuid;
+
+/// Ended jobs remembered for `GetJob` and idempotency keys.
+const ENDED_JOBS_KEPT: usize = 1000;
+/// Labels written per store call.
+const LABEL_CHUNK: usize = 1000;
+const PAGE: usize = 1000;
+const REPRESENTATIVES: usize = 5;
+const KEYWORDS: usize = 10;
+const BUCKETS: usize = 12;
+
+/// What to cluster and how.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub brand: String,
+    pub model: String,
+    pub dimension: usize,
+    /// Inclusive, Unix milliseconds.
+    pub window: (i64, i64),
+    pub params: Params,
+    pub requested: ParamsRecord,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("clustering: {0}")]
+    Clustering(#[from] HdbscanError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+struct JobHandle {
+    status: watch::Sender<pb::Job>,
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct JobTable {
+    jobs: HashMap<String, Arc<JobHandle>>,
+    /// (brand, model, idempotency key) → job id.
+    keys: HashMap<(String, String, String), String>,
+    /// One lock per (brand, model): its jobs run one after another, in
+    /// the order they came.
+    lanes: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    ended: VecDeque<String>,
+}
+
+/// The job queue of a server.
+#[derive(Clone)]
+pub struct Jobs {
+    store: Arc<dyn VectorStore>,
+    table: Arc<Mutex<JobTable>>,
+    slots: Arc<Semaphore>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(crate) fn ended(state: i32) -> bool {
+    [
+        pb::JobState::Succeeded,
+        pb::JobState::Failed,
+        pb::JobState::Cancelled,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
+}
+
+impl Jobs {
+    pub fn new(store: Arc<dyn VectorStore>, concurrency: usize) -> Self {
+        Jobs {
+            store,
+            table: Arc::default(),
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    /// Queues a job, or returns the one this idempotency key already made.
+    pub fn submit(&self, spec: JobSpec) -> pb::Job {
+        let mut table = self.table.lock();
+        let key = (
+            spec.brand.clone(),
+            spec.model.clone(),
+            spec.idempotency_key.clone(),
+        );
+        if !spec.idempotency_key.is_empty()
+            && let Some(job) = table.keys.get(&key).and_then(|id| table.jobs.get(id))
+        {
+            return job.status.borrow().clone();
+        }
+        let id = Uuid::new_v4().to_string();
+        let job = pb::Job {
+            id: id.clone(),
+            brand: spec.brand.clone(),
+            model: spec.model.clone(),
+            state: pb::JobState::Queued as i32,
+            window_from: Some(crate::signals::timestamp(spec.window.0)),
+            window_to: Some(crate::signals::timestamp(spec.window.1)),
+            created: Some(crate::signals::timestamp(now_ms())),
+            idempotency_key: spec.idempotency_key.clone(),
+            ..Default::default()
+        };
+        let handle = Arc::new(JobHandle {
+            status: watch::Sender::new(job.clone()),
+            cancel: watch::Sender::new(false),
+        });
+        table.jobs.insert(id.clone(), handle.clone());
+        if !spec.idempotency_key.is_empty() {
+            table.keys.insert(key, id.clone());
+        }
+        let lane = table
+            .lanes
+            .entry((spec.brand.clone(), spec.model.clone()))
+            .or_default()
+            .clone();
+        drop(table);
+        metrics::counter!("pulse_trend_jobs_submitted_total").increment(1);
+        tokio::spawn(self.clone().run(spec, handle, lane));
+        job
+    }
+
+    pub fn get(&self, id: &str) -> Option<pb::Job> {
+        let table = self.table.lock();
+        table.jobs.get(id).map(|job| job.status.borrow().clone())
+    }
+
+    /// The job's status now and at every change.
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<pb::Job>> {
+        let table = self.table.lock();
+        table.jobs.get(id).map(|job| job.status.subscribe())
+    }
+
+    /// Asks the job to stop and waits (a little) until it has.
+    pub async fn cancel(&self, id: &str) -> Option<pb::Job> {
+        let handle = self.table.lock().jobs.get(id).cloned()?;
+        handle.cancel.send_replace(true);
+        let mut status = handle.status.subscribe();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            status.wait_for(|job| ended(job.state)),
+        )
+        .await;
+        let job = handle.status.borrow().clone();
+        Some(job)
+    }
+
+    async fn run(self, spec: JobSpec, handle: Arc<JobHandle>, lane: Arc<tokio::sync::Mutex<()>>) {
+        let mut cancelled = handle.cancel.subscribe();
+        let started = tokio::select! {
+            turn = async {
+                let lane = lane.lock_owned().await;
+                let slot = self.slots.clone().acquire_owned().await;
+                (lane, slot)
+            } => Some(turn),
+            _ = cancelled.wait_for(|c| *c) => None,
+        };
+        let outcome = match started {
+            None => Err(JobError::Cancelled),
+            Some((_lane, Ok(_slot))) => {
+                handle.status.send_modify(|job| {
+                    job.state = pb::JobState::Running as i32;
+                    job.stage = pb::JobStage::Loading as i32;
+                    job.started = Some(crate::signals::timestamp(now_ms()));
+                });
+                let work = execute(
+                    self.store.as_ref(),
+                    &spec,
+                    &handle.status,
+                    cancelled.clone(),
+                );
+                tokio::select! {
+                    outcome = work => outcome,
+                    _ = cancelled.wait_for(|c| *c) => Err(JobError::Cancelled),
+                }
+            }
+            Some((_, Err(_))) => Err(JobError::Internal("the job queue was closed".into())),
+        };
+        let (state, error) = match &outcome {
+            Ok(()) => (pb::JobState::Succeeded, String::new()),
+            Err(JobError::Cancelled) => (pb::JobState::Cancelled, "cancelled".to_string()),
+            Err(err) => (pb::JobState::Failed, err.to_string()),
+        };
+        if let Err(err) = &outcome {
+            tracing::warn!(brand = %spec.brand, model = %spec.model, error = %err, "re-cluster job did not finish");
+        }
+        metrics::counter!("pulse_trend_jobs_total", "outcome" => state.as_str_name()).increment(1);
+        let id = handle.status.borrow().id.clone();
+        handle.status.send_modify(|job| {
+            job.state = state as i32;
+            job.error = error;
+            job.finished = Some(crate::signals::timestamp(now_ms()));
+        });
+        self.remember_ended(id);
+    }
+
+    /// Keeps the newest ended jobs only.
+    fn remember_ended(&self, id: String) {
+        let mut table = self.table.lock();
+        table.ended.push_back(id);
+        while table.ended.len() > ENDED_JOBS_KEPT {
+            if let Some(old) = table.ended.pop_front() {
+                table.jobs.remove(&old);
+                table.keys.retain(|_, id| *id != old);
+            }
+        }
+    }
+}
+
+/// The window's signals as clustering needs them.
+#[derive(Default)]
+struct Window {
+    ids: Vec<Uuid>,
+    vectors: Vec<f32>,
+    payloads: Vec<Map<String, Value>>,
+}
+
+fn text<'a>(payload: &'a Map<String, Value>, key: &str) -> &'a str {
+    payload.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+async fn load(
+    store: &dyn VectorStore,
+    spec: &JobSpec,
+    status: &watch::Sender<pb::Job>,
+    cancelled: &watch::Receiver<bool>,
+) -> Result<Window, JobError> {
+    let collection = crate::signals::collection_name(&spec.model);
+    store.ensure_collection(&collection, spec.dimension).await?;
+    let filter = SignalFilter {
+        brand: Some(spec.brand.clone()),
+        ts_from: Some(spec.window.0),
+        ts_to: Some(spec.window.1),
+        ..Default::default()
+    };
+    let mut window = Window::default();
+    let mut after = None;
+    loop {
+        if *cancelled.borrow() {
+            return Err(JobError::Cancelled);
+        }
+        let (page, next) = store
+            .scroll(&collection, &filter, after, PAGE, true)
+            .await?;
+        for point in page {
+            let PointRecord {
+                id,
+                vector,
+                payload,
+            } = point;
+            let vector = vector
+                .filter(|v| v.len() == spec.dimension)
+                .ok_or_else(|| {
+                    JobError::Internal(format!(
+                        "signal point {id} has no {}-dimensional vector",
+                        spec.dimension
+                    ))
+                })?;
+            window.ids.push(id);
+            window.vectors.extend(vector);
+            window.payloads.push(payload);
+        }
+        let loaded = window.ids.len() as u64;
+        status.send_modify(|job| job.signals = loaded);
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(window),
+        }
+    }
+}
+
+async fn execute(
+    store: &dyn VectorStore,
+    spec: &JobSpec,
+    status: &watch::Sender<pb::Job>,
+    cancelled: watch::Receiver<bool>,
+) -> Result<(), JobError> {
+    let previous = records::latest_run(store, &spec.model, spec.dimension, &spec.brand).await?;
+    let previous_trends = match &previous {
+        Some(run) => records::trends_of(store, run, spec.dimension).await?,
+        None => Vec::new(),
+    };
+    let window = load(store, spec, status, &cancelled).await?;
+    let n = window.ids.len();
+
+    status.send_modify(|job| job.stage = pb::JobStage::Clustering as i32);
+    let vectors = Arc::new(window.vectors);
+    let (labels, probabilities) = if n < 2 {
+        // Nothing to group: every signal (if any) is noise.
+        (vec![-1; n], vec![0.0; n])
+    } else {
+        let data = vectors.clone();
+        let params = Params {
+            metric: Metric::Cosine,
+            ..spec.params.clone()
+        };
+        let dim = spec.dimension;
+        let clustering =
+            tokio::task::spawn_blocking(move || pulse_trends::hdbscan(&data, dim, &params))
+                .await
+                .map_err(|e| JobError::Internal(format!("clustering stopped: {e}")))??;
+        tracing::info!(
+            brand = %spec.brand, signals = n, clusters = clustering.n_clusters,
+            seconds = clustering.timings.total().as_secs_f64(), "clustered"
+        );
+        (clustering.labels, clustering.probabilities)
+    };
+    finish(
+        store,
+        spec,
+        status,
+        &cancelled,
+        Clustered {
+            ids: window.ids,
+            vectors: &vectors,
+            payloads: window.payloads,
+            labels,
+            probabilities,
+        },
+        previous,
+        previous_trends,
+    )
+    .await
+}
+
+struct Clustered<'a> {
+    ids: Vec<Uuid>,
+    vectors: &'a [f32],
+    payloads: Vec<Map<String, Value>>,
+    labels: Vec<i32>,
+    probabilities: Vec<f32>,
+}
+
+fn origin_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::New => "new",
+        Origin::Continued => "continued",
+        Origin::Split => "split",
+        Origin::Merged => "merged",
+    }
+}
+
+/// Summarises, names and stores what clustering found.
+async fn finish(
+    store: &dyn VectorStore,
+    spec: &JobSpec,
+    status: &watch::Sender<pb::Job>,
+    cancelled: &watch::Receiver<bool>,
+    clustered: Clustered<'_>,
+    previous: Option<RunRecord>,
+    previous_trends: Vec<TrendRecord>,
+) -> Result<(), JobError> {
+    if *cancelled.borrow() {
+        return Err(JobError::Cancelled);
+    }
+    status.send_modify(|job| job.stage = pb::JobStage::Summarising as i32);
+    let Clustered {
+        ids,
+        vectors,
+        payloads,
+        labels,
+        probabilities,
+    } = clustered;
+    let dim = spec.dimension;
+    let facts: Vec<SignalFacts<'_>> = payloads
+        .iter()
+        .map(|p| SignalFacts {
+            text: text(p, "text"),
+            source: text(p, "source"),
+            ts: p.get("ts").and_then(Value::as_i64).unwrap_or(spec.window.0),
+        })
+        .collect();
+    let summaries = summary::summarise(
+        vectors,
+        dim,
+        &facts,
+        &labels,
+        &probabilities,
+        &SummaryParams {
+            representatives: REPRESENTATIVES,
+            keywords: KEYWORDS,
+            buckets: BUCKETS,
+            window: spec.window,
+        },
+    );
+
+    // A label counts as the previous run's only if that run wrote it.
+    let previous_run_id = previous.as_ref().map(|r| r.run_id.as_str());
+    let previous_labels: Vec<Option<i64>> = payloads
+        .iter()
+        .map(|p| {
+            let run = p.get("cluster_run").and_then(Value::as_str);
+            let label = p.get("cluster").and_then(Value::as_i64);
+            label.filter(|&l| l >= 0 && run.is_some() && run == previous_run_id)
+        })
+        .collect();
+    let old: Vec<PreviousTrend> = previous_trends
+        .iter()
+        .map(|t| PreviousTrend {
+            id: t.trend_id,
+            centroid: t.centroid.clone(),
+        })
+        .collect();
+    let mut next_id = previous.as_ref().map_or(1, |r| r.next_trend_id);
+    let centroids: Vec<Vec<f32>> = summaries.iter().map(|s| s.centroid.clone()).collect();
+    let identities = lineage::assign_ids(
+        &centroids,
+        &labels,
+        &previous_labels,
+        &old,
+        &MatchThresholds::default(),
+        &mut next_id,
+    );
+
+    let run_id = status.borrow().id.clone();
+    let trends: Vec<TrendRecord> = summaries
+        .into_iter()
+        .zip(&identities)
+        .map(|(s, identity)| TrendRecord {
+            trend_id: identity.id,
+            brand: spec.brand.clone(),
+            model: spec.model.clone(),
+            run_id: run_id.clone(),
+            size: s.size as u64,
+            representatives: s
+                .representatives
+                .iter()
+                .map(|r| RepresentativeRecord {
+                    signal_id: text(&payloads[r.index], "signal_id").to_string(),
+                    point_id: ids[r.index],
+                    text: text(&payloads[r.index], "text").to_string(),
+                    probability: r.probability,
+                    similarity: r.similarity,
+                })
+                .collect(),
+            keywords: s.keywords.into_iter().map(|k| (k.term, k.score)).collect(),
+            sources: s
+                .sources
+                .into_iter()
+                .map(|(source, count)| (source, count as u64))
+                .collect(),
+            first_seen: s.first_seen,
+            last_seen: s.last_seen,
+            buckets: s.buckets,
+            bucket_width_ms: s.bucket_width_ms,
+            growth: s.growth,
+            origin: origin_name(identity.origin).to_string(),
+            parents: identity.parents.clone(),
+            centroid: s.centroid,
+        })
+        .collect();
+    let noise = labels.iter().filter(|&&l| l < 0).count() as u64;
+    status.send_modify(|job| {
+        job.trends = trends.len() as u32;
+        job.noise = noise;
+        job.stage = pb::JobStage::Writing as i32;
+    });
+
+    let collection = crate::signals::collection_name(&spec.model);
+    let updates: Vec<(Uuid, Map<String, Value>)> = ids
+        .iter()
+        .zip(&labels)
+        .zip(&probabilities)
+        .map(|((&id, &label), &probability)| {
+            let trend_id = usize::try_from(label).map_or(-1, |l| identities[l].id);
+            let mut keys = Map::new();
+            keys.insert("cluster".into(), json!(trend_id));
+            keys.insert("cluster_prob".into(), json!(probability));
+            keys.insert("cluster_run".into(), json!(run_id));
+            (id, keys)
+        })
+        .collect();
+    let mut written = 0u64;
+    for chunk in updates.chunks(LABEL_CHUNK) {
+        if *cancelled.borrow() {
+            return Err(JobError::Cancelled);
+        }
+        store.set_payload(&collection, chunk.to_vec()).await?;
+        written += chunk.len() as u64;
+        status.send_modify(|job| job.written = written);
+    }
+
+    let finished_ms = now_ms().max(previous.as_ref().map_or(0, |r| r.finished_ms + 1));
+    let run = RunRecord {
+        run_id: run_id.clone(),
+        job_id: run_id.clone(),
+        brand: spec.brand.clone(),
+        model: spec.model.clone(),
+        finished_ms,
+        window_from: spec.window.0,
+        window_to: spec.window.1,
+        signals: ids.len() as u64,
+        noise,
+        trends: trends.len() as u32,
+        next_trend_id: next_id,
+        params: spec.requested.clone(),
+    };
+    let direction = summary::unit_mean(vectors.chunks_exact(dim.max(1)), dim);
+    records::save_run(store, dim, &run, &trends, &direction).await?;
+    status.send_modify(|job| {
+        job.stage = pb::JobStage::Done as i32;
+        job.run_id = run_id.clone();
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulse_store::{EmbeddedStore, ScoredRecord};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Notify;
+
+    const DIM: usize = 8;
+
+    /// The embedded store, with scrolls that can be held back and label
+    /// writes that can be made to fail.
+    struct Faulty {
+        inner: EmbeddedStore,
+        hold_scrolls: AtomicBool,
+        released: Notify,
+        fail_labels: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl VectorStore for Faulty {
+        async fn ensure_collection(&self, c: &str, d: usize) -> Result<(), StoreError> {
+            self.inner.ensure_collection(c, d).await
+        }
+        async fn upsert(&self, c: &str, p: Vec<PointRecord>) -> Result<(), StoreError> {
+            self.inner.upsert(c, p).await
+        }
+        async fn search(
+            &self,
+            c: &str,
+            v: Vec<f32>,
+            f: &SignalFilter,
+            l: usize,
+            w: bool,
+        ) -> Result<Vec<ScoredRecord>, StoreError> {
+            self.inner.search(c, v, f, l, w).await
+        }
+        async fn retrieve(&self, c: &str, ids: &[Uuid]) -> Result<Vec<PointRecord>, StoreError> {
+            self.inner.retrieve(c, ids).await
+        }
+        async fn scroll(
+            &self,
+            c: &str,
+            f: &SignalFilter,
+            after: Option<Uuid>,
+            limit: usize,
+            vectors: bool,
+        ) -> Result<(Vec<PointRecord>, Option<Uuid>), StoreError> {
+            if c.starts_with("signals__") && self.hold_scrolls.load(Ordering::Acquire) {
+                self.released.notified().await;
+            }
+            self.inner.scroll(c, f, after, limit, vectors).await
+        }
+        async fn count(&self, c: &str, f: &SignalFilter) -> Result<usize, StoreError> {
+            self.inner.count(c, f).await
+        }
+        async fn set_payload(
+            &self,
+            c: &str,
+            updates: Vec<(Uuid, Map<String, Value>)>,
+        ) -> Result<(), StoreError> {
+            if self.fail_labels.load(Ordering::Acquire) {
+                return Err(StoreError::Backend("disk full".into()));
+            }
+            self.inner.set_payload(c, updates).await
+        }
+        async fn delete(&self, c: &str, f: &SignalFilter) -> Result<(), StoreError> {
+            self.inner.delete(c, f).await
+        }
+        async fn delete_ids(&self, c: &str, ids: &[Uuid]) -> Result<(), StoreError> {
+            self.inner.delete_ids(c, ids).await
+        }
+    }
+
+    /// Two tight groups of 10 signals each for `brand`, one per minute.
+    async fn store_with_signals(brand: &str) -> (tempfile::TempDir, Arc<Faulty>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Faulty {
+            inner: EmbeddedStore::open(dir.path()).unwrap(),
+            hold_scrolls: AtomicBool::new(false),
+            released: Notify::new(),
+            fail_labels: AtomicBool::new(false),
+        });
+        let collection = crate::signals::collection_name("m");
+        store.ensure_collection(&collection, DIM).await.unwrap();
+        let points = (0..20)
+            .map(|i| {
+                let mut vector = vec![0.0f32; DIM];
+                vector[if i < 10 { 0 } else { 1 }] = 1.0;
+                // Distinct points: duplicates are a case of their own.
+                vector[2 + i % 6] = 0.01 * (1 + i % 10) as f32;
+                let Value::Object(payload) = json!({
+                    "signal_id": format!("s{i}"),
+                    "brand": brand,
+                    "source": "x",
+                    "text": if i < 10 { "battery drains" } else { "coffee tastes burnt" },
+                    "ts": i as i64 * 60_000,
+                }) else {
+                    unreachable!()
+                };
+                PointRecord {
+                    id: crate::signals::point_id(brand, &format!("s{i}")),
+                    vector: Some(vector),
+                    payload,
+                }
+            })
+            .collect();
+        store.upsert(&collection, points).await.unwrap();
+        (dir, store)
+    }
+
+    fn spec(brand: &str, key: &str) -> JobSpec {
+        JobSpec {
+            brand: brand.into(),
+            model: "m".into(),
+            dimension: DIM,
+            window: (0, 20 * 60_000),
+            params: Params::new(5),
+            requested: ParamsRecord::default(),
+            idempotency_key: key.into(),
+        }
+    }
+
+    async fn until_ended(jobs: &Jobs, id: &str) -> pb::Job {
+        let mut status = jobs.watch(id).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), status.wait_for(|j| ended(j.state)))
+            .await
+            .expect("the job ends")
+            .unwrap()
+            .clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_labels_every_signal_and_stores_its_run() {
+        let (_dir, store) = store_with_signals("acme").await;
+        let jobs = Jobs::new(store.clone(), 1);
+        let job = jobs.submit(spec("acme", "k1"));
+        assert_eq!(
+            jobs.submit(spec("acme", "k1")).id,
+            job.id,
+            "same key, same job"
+        );
+        let done = until_ended(&jobs, &job.id).await;
+        assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.error);
+        assert_eq!((done.signals, done.written, done.trends), (20, 20, 2));
+        assert_eq!(done.run_id, job.id);
+
+        let run = records::latest_run(store.as_ref(), "m", DIM, "acme")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((run.signals, run.trends, run.next_trend_id), (20, 2, 3));
+        let trends = records::trends_of(store.as_ref(), &run, DIM).await.unwrap();
+        let mut keywords: Vec<&str> = trends.iter().map(|t| t.keywords[0].0.as_str()).collect();
+        keywords.sort();
+        assert_eq!(keywords, vec!["battery", "burnt"]);
+        let labelled = store
+            .count(
+                &crate::signals::collection_name("m"),
+                &SignalFilter {
+                    fields: vec![(
+                        "cluster_run".into(),
+                        pulse_store::FieldValue::Keyword(job.id.clone()),
+                    )],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(labelled, 20);
+
+        // The same data again: the same trends, the same ids.
+        let again = until_ended(&jobs, &jobs.submit(spec("acme", "k2")).id).await;
+        assert_eq!(again.state, pb::JobState::Succeeded as i32);
+        let rerun = records::latest_run(store.as_ref(), "m", DIM, "acme")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rerun.run_id, again.id);
+        let retrended = records::trends_of(store.as_ref(), &rerun, DIM)
+            .await
+            .unwrap();
+        let ids = |t: &[TrendRecord]| {
+            let mut ids: Vec<i64> = t.iter().map(|t| t.trend_id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&retrended), ids(&trends));
+        assert!(retrended.iter().all(|t| t.origin == "continued"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn empty_and_single_signal_windows_succeed_without_trends() {
+        let (_dir, store) = store_with_signals("acme").await;
+        let jobs = Jobs::new(store.clone(), 1);
+        let mut empty = spec("nobody", "");
+        empty.window = (0, 10);
+        let done = until_ended(&jobs, &jobs.submit(empty).id).await;
+        assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.error);
+        assert_eq!((done.signals, done.trends), (0, 0));
+        let mut single = spec("acme", "");
+        single.window = (0, 0);
+        let done = until_ended(&jobs, &jobs.submit(single).id).await;
+        assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.error);
+        assert_eq!((done.signals, done.trends, done.noise), (1, 0, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_job_per_brand_runs_the_others_queue_and_both_can_be_cancelled() {
+        let (_dir, store) = store_with_signals("acme").await;
+        store.hold_scrolls.store(true, Ordering::Release);
+        let jobs = Jobs::new(store.clone(), 4);
+        let first = jobs.submit(spec("acme", ""));
+        let second = jobs.submit(spec("acme", ""));
+        let mut status = jobs.watch(&first.id).unwrap();
+        status
+            .wait_for(|j| j.state == pb::JobState::Running as i32)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            jobs.get(&second.id).unwrap().state,
+            pb::JobState::Queued as i32
+        );
+
+        let cancelled = jobs.cancel(&second.id).await.unwrap();
+        assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
+        let cancelled = jobs.cancel(&first.id).await.unwrap();
+        assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
+        assert!(jobs.cancel("no-such-job").await.is_none());
+        store.released.notify_waiters();
+        assert_eq!(
+            records::latest_run(store.as_ref(), "m", DIM, "acme")
+                .await
+                .unwrap(),
+            None,
+            "a cancelled job stores no run"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_failure_fails_the_job_with_the_reason_and_stores_no_run() {
+        let (_dir, store) = store_with_signals("acme").await;
+        store.fail_labels.store(true, Ordering::Release);
+        let jobs = Jobs::new(store.clone(), 1);
+        let done = until_ended(&jobs, &jobs.submit(spec("acme", "")).id).await;
+        assert_eq!(done.state, pb::JobState::Failed as i32);
+        assert!(done.error.contains("disk full"), "{}", done.error);
+        assert_eq!(done.stage, pb::JobStage::Writing as i32);
+        assert_eq!(
+            records::latest_run(store.as_ref(), "m", DIM, "acme")
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! `pulse.v1.TrendService`: re-clustering jobs for schedulers, and the
+//! trends they stored for dashboards and the summary path.
+
+mod jobs;
+mod records;
+
+pub use jobs::{JobSpec, Jobs};
+
+use crate::models::{Registry, ServedModel};
+use crate::signals::{millis, store_status, stored_signal, timestamp};
+use pulse_proto::v1 as pb;
+use pulse_store::{FieldValue, SignalFilter, VectorStore};
+use pulse_trends::{Params, Selection};
+use records::{ParamsRecord, RunRecord, TrendRecord};
+use serde_json::Value;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+const DEFAULT_MIN_CLUSTER_SIZE: u32 = 15;
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+#[derive(Clone)]
+pub struct TrendApi {
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn VectorStore>,
+    pub jobs: Jobs,
+}
+
+fn required<'a>(value: &'a str, name: &str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("`{name}` is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// The window a request names, as inclusive Unix milliseconds.
+fn window_of(request: &pb::ReclusterRequest, now: i64) -> Result<(i64, i64), Status> {
+    let bound = |ts: &Option<prost_types::Timestamp>, name: &str| {
+        ts.as_ref()
+            .map(|t| {
+                millis(t).ok_or_else(|| {
+                    Status::invalid_argument(format!("`{name}` is not a valid timestamp"))
+                })
+            })
+            .transpose()
+    };
+    let from = bound(&request.from, "from")?;
+    let to = bound(&request.to, "to")?;
+    match (&request.last, from, to) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Status::invalid_argument(
+            "give either `last` or `from`/`to`, not both",
+        )),
+        (Some(last), None, None) => {
+            let span = last
+                .seconds
+                .checked_mul(1000)
+                .and_then(|ms| ms.checked_add(i64::from(last.nanos) / 1_000_000))
+                .filter(|&ms| ms > 0)
+                .ok_or_else(|| Status::invalid_argument("`last` must be a positive duration"))?;
+            Ok((now.saturating_sub(span), now))
+        }
+        (None, Some(from), to) => {
+            let to = to.unwrap_or(now);
+            if from > to {
+                return Err(Status::invalid_argument("`from` is after `to`"));
+            }
+            Ok((from, to))
+        }
+        (None, None, _) => Err(Status::invalid_argument(
+            "give a window: `from` (and optionally `to`), or `last`",
+        )),
+    }
+}
+
+fn params_of(params: Option<pb::ClusterParams>) -> Result<(Params, ParamsRecord), Status> {
+    let params = params.unwrap_or_default();
+    let min_cluster_size = match params.min_cluster_size {
+        0 => DEFAULT_MIN_CLUSTER_SIZE,
+        1 => {
+            return Err(Status::invalid_argument(
+                "`min_cluster_size` must be at least 2",
+            ));
+        }
+        n => n,
+    };
+    let selection = if params.selection.is_empty() {
+        Selection::ExcessOfMass
+    } else {
+        params
+            .selection
+            .parse::<Selection>()
+            .map_err(|e| Status::invalid_argument(format!("`selection`: {e}")))?
+    };
+    if !(params.epsilon.is_finite() && params.epsilon >= 0.0) {
+        return Err(Status::invalid_argument(
+            "`epsilon` must be a finite number ≥ 0",
+        ));
+    }
+    let mut hdbscan = Params::new(min_cluster_size as usize);
+    hdbscan.min_samples = (params.min_samples > 0).then_some(params.min_samples as usize);
+    hdbscan.selection = selection;
+    hdbscan.epsilon = params.epsilon;
+    hdbscan.allow_single_cluster = params.allow_single_cluster;
+    let requested = ParamsRecord {
+        min_cluster_size,
+        min_samples: params.min_samples,
+        selection: selection.to_string(),
+        epsilon: params.epsilon,
+        allow_single_cluster: params.allow_single_cluster,
+    };
+    Ok((hdbscan, requested))
+}
+
+fn params_message(params: &ParamsRecord) -> pb::ClusterParams {
+    pb::ClusterParams {
+        min_cluster_size: params.min_cluster_size,
+        min_samples: params.min_samples,
+        selection: params.selection.clone(),
+        epsilon: params.epsilon,
+        allow_single_cluster: params.allow_single_cluster,
+    }
+}
+
+fn run_message(run: &RunRecord) -> pb::Run {
+    pb::Run {
+        id: run.run_id.clone(),
+        job_id: run.job_id.clone(),
+        finished: Some(timestamp(run.finished_ms)),
+        window_from: Some(timestamp(run.window_from)),
+        window_to: Some(timestamp(run.window_to)),
+        signals: run.signals,
+        noise: run.noise,
+        params: Some(params_message(&run.params)),
+    }
+}
+
+fn origin_message(origin: &str) -> pb::TrendOrigin {
+    match origin {
+        "new" => pb::TrendOrigin::New,
+        "continued" => pb::TrendOrigin::Continued,
+        "split" => pb::TrendOrigin::Split,
+        "merged" => pb::TrendOrigin::Merged,
+        _ => pb::TrendOrigin::Unspecified,
+    }
+}
+
+fn trend_message(trend: TrendRecord) -> pb::Trend {
+    pb::Trend {
+        id: trend.trend_id,
+        brand: trend.brand,
+        model: trend.model,
+        run_id: trend.run_id,
+        size: trend.size,
+        centroid: trend.centroid,
+        representatives: trend
+            .representatives
+            .into_iter()
+            .map(|r| pb::Representative {
+                signal_id: r.signal_id,
+                point_id: r.point_id.to_string(),
+                text: r.text,
+                probability: r.probability,
+                similarity: r.similarity,
+            })
+            .collect(),
+        keywords: trend
+            .keywords
+            .into_iter()
+            .map(|(term, score)| pb::Keyword { term, score })
+            .collect(),
+        sources: trend
+            .sources
+            .into_iter()
+            .map(|(source, count)| pb::SourceCount { source, count })
+            .collect(),
+        first_seen: Some(timestamp(trend.first_seen)),
+        last_seen: Some(timestamp(trend.last_seen)),
+        buckets: trend.buckets,
+        bucket_width: Some(prost_types::Duration {
+            seconds: trend.bucket_width_ms.div_euclid(1000),
+            nanos: (trend.bucket_width_ms.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+        growth: trend.growth,
+        origin: origin_message(&trend.origin) as i32,
+        parents: trend.parents,
+    }
+}
+
+impl TrendApi {
+    fn model(&self, name: &str) -> Result<Arc<ServedModel>, Status> {
+        self.registry
+            .find(name)
+            .map_err(|e| Status::not_found(e.to_string()))
+    }
+
+    fn job_id<'a>(&self, request: &'a pb::JobRequest) -> Result<&'a str, Status> {
+        required(&request.job_id, "job_id")
+    }
+}
+
+fn no_job(id: &str) -> Status {
+    Status::not_found(format!(
+        "no job `{id}` (jobs are kept in memory until the server restarts)"
+    ))
+}
+
+type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::trend_service_server::TrendService for TrendApi {
+    async fn recluster(
+        &self,
+        request: Request<pb::ReclusterRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let request = request.into_inner();
+        let brand = required(&request.brand, "brand")?.to_string();
+        let model = self.model(&request.model)?;
+        let window = window_of(&request, jobs::now_ms())?;
+        let (params, requested) = params_of(request.params)?;
+        if request.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(Status::invalid_argument(format!(
+                "`idempotency_key` is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY}",
+                request.idempotency_key.len()
+            )));
+        }
+        let job = self.jobs.submit(JobSpec {
+            brand,
+            model: model.name.clone(),
+            dimension: model.info().dimension,
+            window,
+            params,
+            requested,
+            idempotency_key: request.idempotency_key,
+        });
+        Ok(Response::new(job))
+    }
+
+    async fn get_job(&self, request: Request<pb::JobRequest>) -> Result<Response<pb::Job>, Status> {
+        let request = request.into_inner();
+        let id = self.job_id(&request)?;
+        self.jobs
+            .get(id)
+            .map(Response::new)
+            .ok_or_else(|| no_job(id))
+    }
+
+    type WatchJobStream = JobStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::JobRequest>,
+    ) -> Result<Response<JobStream>, Status> {
+        let request = request.into_inner();
+        let id = self.job_id(&request)?;
+        let updates = self.jobs.watch(id).ok_or_else(|| no_job(id))?;
+        // The job now, then every change, ending with the one that ends it.
+        let stream = futures::stream::unfold(
+            (updates, true, false),
+            |(mut updates, first, done)| async move {
+                if done || (!first && updates.changed().await.is_err()) {
+                    return None;
+                }
+                let job = updates.borrow_and_update().clone();
+                let ended = jobs::ended(job.state);
+                Some((Ok(job), (updates, false, ended)))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::JobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let request = request.into_inner();
+        let id = self.job_id(&request)?;
+        self.jobs
+            .cancel(id)
+            .await
+            .map(Response::new)
+            .ok_or_else(|| no_job(id))
+    }
+
+    async fn list_trends(
+        &self,
+        request: Request<pb::ListTrendsRequest>,
+    ) -> Result<Response<pb::ListTrendsResponse>, Status> {
+        let request = request.into_inner();
+        let brand = required(&request.brand, "brand")?;
+        let model = self.model(&request.model)?;
+        let dimension = model.info().dimension;
+        let store = self.store.as_ref();
+        let run = if request.run_id.is_empty() {
+            records::latest_run(store, &model.name, dimension, brand)
+                .await
+                .map_err(store_status)?
+                .ok_or_else(|| {
+                    Status::not_found(format!("brand `{brand}` has no finished run yet"))
+                })?
+        } else {
+            records::run(store, &model.name, dimension, brand, &request.run_id)
+                .await
+                .map_err(store_status)?
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no finished run `{}` for brand `{brand}`",
+                        request.run_id
+                    ))
+                })?
+        };
+        let trends = records::trends_of(store, &run, dimension)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ListTrendsResponse {
+            run: Some(run_message(&run)),
+            trends: trends.into_iter().map(trend_message).collect(),
+        }))
+    }
+
+    async fn get_trend(
+        &self,
+        request: Request<pb::GetTrendRequest>,
+    ) -> Result<Response<pb::GetTrendResponse>, Status> {
+        let request = request.into_inner();
+        let brand = required(&request.brand, "brand")?;
+        let model = self.model(&request.model)?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n} is over the maximum of {MAX_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(Uuid::parse_str(&request.page_token).map_err(|_| {
+                Status::invalid_argument("`page_token` is not one this service handed out")
+            })?)
+        };
+        let run_id = (!request.run_id.is_empty()).then_some(request.run_id.as_str());
+        let trend = records::trend(
+            self.store.as_ref(),
+            &model.name,
+            model.info().dimension,
+            brand,
+            request.trend_id,
+            run_id,
+        )
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "brand `{brand}` has no trend {}{}",
+                request.trend_id,
+                run_id.map(|r| format!(" in run `{r}`")).unwrap_or_default()
+            ))
+        })?;
+        // Members are the signals the trend's run labelled with it (and no
+        // later run relabelled).
+        let filter = SignalFilter {
+            brand: Some(brand.to_string()),
+            fields: vec![
+                ("cluster".into(), FieldValue::Integer(trend.trend_id)),
+                (
+                    "cluster_run".into(),
+                    FieldValue::Keyword(trend.run_id.clone()),
+                ),
+            ],
+            ..Default::default()
+        };
+        let collection = crate::signals::collection_name(&model.name);
+        let (page, next) = self
+            .store
+            .scroll(&collection, &filter, after, page_size as usize, false)
+            .await
+            .map_err(store_status)?;
+        let members = page
+            .iter()
+            .map(|point| pb::Member {
+                signal: Some(stored_signal(&point.payload)),
+                point_id: point.id.to_string(),
+                probability: point
+                    .payload
+                    .get("cluster_prob")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0) as f32,
+            })
+            .collect();
+        Ok(Response::new(pb::GetTrendResponse {
+            trend: Some(trend_message(trend)),
+            members,
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        from: Option<i64>,
+        to: Option<i64>,
+        last_seconds: Option<i64>,
+    ) -> pb::ReclusterRequest {
+        pb::ReclusterRequest {
+            from: from.map(timestamp),
+            to: to.map(timestamp),
+            last: last_seconds.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn windows_are_from_to_or_the_last_duration() {
+        let now = 1_000_000;
+        assert_eq!(
+            window_of(&request(Some(5), Some(9), None), now).unwrap(),
+            (5, 9)
+        );
+        assert_eq!(
+            window_of(&request(Some(5), None, None), now).unwrap(),
+            (5, now)
+        );
+        assert_eq!(
+            window_of(&request(None, None, Some(60)), now).unwrap(),
+            (now - 60_000, now)
+        );
+        for bad in [
+            request(Some(9), Some(5), None),
+            request(None, None, None),
+            request(None, Some(5), None),
+            request(Some(1), None, Some(60)),
+            request(None, None, Some(0)),
+            request(None, None, Some(-5)),
+        ] {
+            let status = window_of(&bad, now).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn params_default_like_the_python_package_and_refuse_nonsense() {
+        let (params, requested) = params_of(None).unwrap();
+        assert_eq!(params.min_cluster_size, 15);
+        assert_eq!(params.min_samples, None);
+        assert_eq!(requested.selection, "eom");
+        let leaf = pb::ClusterParams {
+            min_cluster_size: 5,
+            min_samples: 3,
+            selection: "leaf".into(),
+            ..Default::default()
+        };
+        let (params, _) = params_of(Some(leaf)).unwrap();
+        assert_eq!(
+            (params.min_samples, params.selection),
+            (Some(3), Selection::Leaf)
+        );
+        for bad in [
+            pb::ClusterParams {
+                min_cluster_size: 1,
+                ..Default::default()
+            },
+            pb::ClusterParams {
+                selection: "kmeans".into(),
+                ..Default::default()
+            },
+            pb::ClusterParams {
+                epsilon: f64::NAN,
+                ..Default::default()
+            },
+            pb::ClusterParams {
+                epsilon: -1.0,
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(
+                params_of(Some(bad)).unwrap_err().code(),
+                tonic::Code::InvalidArgument
+            );
+        }
+    }
+}

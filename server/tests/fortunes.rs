@@ -1,0 +1,222 @@
+//! Clustering quality on real text: Debian's `fortunes` (about 15,800
+//! short texts in 43 files, one category each; `scripts/test` installs the
+//! package), ingested into the server with the default model and
+//! re-clustered by the service, against the categories.
+//!
+//! Embedding all of them takes about twenty minutes in the test profile on
+//! two cores, so the test takes every `PULSE_FORTUNES_STRIDE`-th fortune
+//! (default 15: 1,015 texts from every category); docs/benchmarks.md has
+//! the figures for these and for the whole set.
+//!
+//! Fortunes are jokes and quotations, not topics: in 384 dimensions most of
+//! them sit far from any dense group, so most end up as noise and the
+//! all-signal ARI stays near zero (the categories cover every signal, the
+//! clusters only a quarter). What regresses visibly is how well the
+//! clusters found agree with the categories: V-measure over all signals
+//! against the same labels shuffled (chance), and V-measure and ARI over
+//! the clustered signals alone.
+
+mod common;
+
+use common::{channel, members, start, succeeded};
+use pulse_proto::v1 as pb;
+use pulse_proto::v1::signal_service_client::SignalServiceClient;
+use pulse_proto::v1::trend_service_client::TrendServiceClient;
+use pulse_trends::quality::{adjusted_rand_index, v_measure};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use std::collections::HashMap;
+use std::path::Path;
+
+const FORTUNES: &str = "/usr/share/games/fortunes";
+/// A little under what was measured at the default stride
+/// (docs/benchmarks.md), so that only a regression fails.
+const V_MEASURE_FLOOR: f64 = 0.19;
+/// V-measure over what the same labels, shuffled, score (chance).
+const V_MEASURE_OVER_CHANCE_FLOOR: f64 = 0.04;
+const CLUSTERED_V_MEASURE_FLOOR: f64 = 0.52;
+const CLUSTERED_ARI_FLOOR: f64 = 0.16;
+const DEFAULT_STRIDE: usize = 15;
+
+/// (category, text) for every fortune.
+fn fortunes() -> Vec<(String, String)> {
+    let mut files: Vec<_> = std::fs::read_dir(FORTUNES)
+        .unwrap_or_else(|e| {
+            panic!("{FORTUNES}: {e} (scripts/test installs the `fortunes` package)")
+        })
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_none())
+        .collect();
+    files.sort();
+    let mut all = Vec::new();
+    for path in files {
+        let category = path.file_name().unwrap().to_string_lossy().to_string();
+        let bytes = std::fs::read(&path).unwrap();
+        for text in String::from_utf8_lossy(&bytes).split("\n%\n") {
+            let text = text.trim();
+            if !text.is_empty() {
+                all.push((category.clone(), text.to_string()));
+            }
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fortunes_cluster_along_their_categories() {
+    assert!(
+        Path::new(FORTUNES).is_dir(),
+        "{FORTUNES} is missing: install the `fortunes` package"
+    );
+    let all = fortunes();
+    assert!(all.len() > 15_000, "{} fortunes", all.len());
+    let stride: usize = std::env::var("PULSE_FORTUNES_STRIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(DEFAULT_STRIDE);
+    let fortunes: Vec<(String, String)> = all.into_iter().step_by(stride).collect();
+    let server = start(&[]).await;
+    let mut signals = SignalServiceClient::new(channel(&server).await);
+    let mut trends = TrendServiceClient::new(channel(&server).await);
+
+    let started = std::time::Instant::now();
+    let stream: Vec<pb::Signal> = fortunes
+        .iter()
+        .enumerate()
+        .map(|(i, (category, text))| pb::Signal {
+            id: format!("f{i}"),
+            brand: "fortunes".into(),
+            source: category.clone(),
+            text: text.clone(),
+            ts: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000 + i as i64,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let summary = signals
+        .ingest_stream(tokio_stream::iter(stream))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        summary.stored as usize,
+        fortunes.len(),
+        "{:?}",
+        summary.rejections.first()
+    );
+    eprintln!(
+        "ingested {} fortunes in {:.1} s",
+        fortunes.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = std::time::Instant::now();
+    let job = trends
+        .recluster(pb::ReclusterRequest {
+            brand: "fortunes".into(),
+            from: Some(prost_types::Timestamp {
+                seconds: 1_600_000_000,
+                nanos: 0,
+            }),
+            // Small, leaf clusters: the settings that suit short texts in
+            // 384 dimensions (docs/benchmarks.md compares others).
+            params: Some(pb::ClusterParams {
+                min_cluster_size: 5,
+                min_samples: 1,
+                selection: "leaf".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = succeeded(&mut trends, &job).await;
+    eprintln!(
+        "re-clustered in {:.1} s: {} trends, {} noise",
+        started.elapsed().as_secs_f64(),
+        done.trends,
+        done.noise
+    );
+
+    // Each signal's trend, read back through the service.
+    let listed = trends
+        .list_trends(pb::ListTrendsRequest {
+            brand: "fortunes".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut trend_of: HashMap<String, i64> = HashMap::new();
+    for trend in &listed.trends {
+        for member in members(&mut trends, "fortunes", trend.id, 1000).await.0 {
+            let id = member.signal.unwrap().signal.unwrap().id;
+            trend_of.insert(id, trend.id);
+        }
+    }
+    let mut category_ids: HashMap<&str, i64> = HashMap::new();
+    let categories: Vec<i64> = fortunes
+        .iter()
+        .map(|(c, _)| {
+            let next = category_ids.len() as i64;
+            *category_ids.entry(c.as_str()).or_insert(next)
+        })
+        .collect();
+    let labels: Vec<i64> = (0..fortunes.len())
+        .map(|i| trend_of.get(&format!("f{i}")).copied().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        labels.iter().filter(|&&l| l < 0).count() as u64,
+        done.noise,
+        "every non-noise signal is a member of its trend"
+    );
+    let v = v_measure(&categories, &labels);
+    let ari = adjusted_rand_index(&categories, &labels);
+    let mut rng = StdRng::seed_from_u64(15);
+    let chance = (0..20)
+        .map(|_| {
+            let mut shuffled = labels.clone();
+            shuffled.shuffle(&mut rng);
+            v_measure(&categories, &shuffled)
+        })
+        .sum::<f64>()
+        / 20.0;
+    let (clustered_categories, clustered_labels): (Vec<i64>, Vec<i64>) = categories
+        .iter()
+        .zip(&labels)
+        .filter(|(_, label)| **label >= 0)
+        .unzip();
+    let clustered_v = v_measure(&clustered_categories, &clustered_labels);
+    let clustered_ari = adjusted_rand_index(&clustered_categories, &clustered_labels);
+    eprintln!(
+        "fortunes (every {stride}th, {} texts): {} trends, {} noise; all signals: V-measure {v:.4} \
+         (shuffled {chance:.4}), ARI {ari:.4}; clustered signals: V-measure {clustered_v:.4}, ARI {clustered_ari:.4}",
+        fortunes.len(),
+        listed.trends.len(),
+        done.noise
+    );
+    if stride == DEFAULT_STRIDE {
+        assert!(
+            v >= V_MEASURE_FLOOR,
+            "V-measure {v:.4} fell under {V_MEASURE_FLOOR}"
+        );
+        assert!(
+            v - chance >= V_MEASURE_OVER_CHANCE_FLOOR,
+            "V-measure {v:.4} is within {V_MEASURE_OVER_CHANCE_FLOOR} of chance ({chance:.4})"
+        );
+        assert!(
+            clustered_v >= CLUSTERED_V_MEASURE_FLOOR,
+            "V-measure of the clustered signals {clustered_v:.4} fell under {CLUSTERED_V_MEASURE_FLOOR}"
+        );
+        assert!(
+            clustered_ari >= CLUSTERED_ARI_FLOOR,
+            "ARI of the clustered signals {clustered_ari:.4} fell under {CLUSTERED_ARI_FLOOR}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}

@@ -28,6 +28,9 @@ pub struct ClusterArgs {
     /// Python runs longer than this are stopped and reported as such.
     #[arg(long, default_value = "600")]
     python_timeout_seconds: u64,
+    /// Also run approximate mode (inverted-file neighbours) at every size.
+    #[arg(long)]
+    approximate: bool,
     /// Where cluster.json and cluster.md are written.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
@@ -54,7 +57,18 @@ struct Measurement {
     n_clusters: usize,
     noise_fraction: f64,
     ari_vs_generator: f64,
+    approximate: Option<ApproximateRun>,
     python: Option<PythonRun>,
+}
+
+#[derive(Serialize)]
+struct ApproximateRun {
+    seconds: f64,
+    neighbours_seconds: f64,
+    spanning_tree_seconds: f64,
+    n_clusters: usize,
+    ari_vs_exact: f64,
+    ari_vs_generator: f64,
 }
 
 #[derive(Serialize)]
@@ -85,6 +99,29 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             "pulse {n}×{}: {seconds:.2} s, {} clusters",
             args.dim, clustering.n_clusters
         );
+        let approximate = if args.approximate {
+            let params = Params {
+                approximate: true,
+                ..params.clone()
+            };
+            let started = Instant::now();
+            let run = hdbscan(&points, args.dim, &params)?;
+            let seconds = started.elapsed().as_secs_f64();
+            eprintln!(
+                "pulse approximate {n}×{}: {seconds:.2} s, {} clusters",
+                args.dim, run.n_clusters
+            );
+            Some(ApproximateRun {
+                seconds,
+                neighbours_seconds: run.timings.neighbours.as_secs_f64(),
+                spanning_tree_seconds: run.timings.spanning_tree.as_secs_f64(),
+                n_clusters: run.n_clusters,
+                ari_vs_exact: adjusted_rand_index(&clustering.labels, &run.labels),
+                ari_vs_generator: adjusted_rand_index(&topics, &run.labels),
+            })
+        } else {
+            None
+        };
         let python = match &args.python {
             Some(python) => Some(run_python(python, &args, n, &points, &clustering.labels)?),
             None => None,
@@ -99,6 +136,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
             n_clusters: clustering.n_clusters,
             noise_fraction: noise as f64 / n as f64,
             ari_vs_generator: adjusted_rand_index(&topics, &clustering.labels),
+            approximate,
             python,
         });
     }
@@ -196,8 +234,9 @@ fn markdown(r: &Report) -> String {
     let mut md = format!(
         "### HDBSCAN, exact ({}, {} cores; min_cluster_size {}, min_samples {})\n\n\
          | points | pulse s (kNN / MST / tree) | clusters | noise | ARI vs generator | \
+         approximate s (kNN / MST) | clusters | ARI vs exact | \
          Python `hdbscan` s | speed-up | ARI pulse vs Python |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         r.cpu, r.cores, r.min_cluster_size, r.min_samples
     );
     for m in &r.results {
@@ -212,8 +251,19 @@ fn markdown(r: &Report) -> String {
             },
             None => ("not run".into(), "—".into(), "—".into()),
         };
+        let (approximate_seconds, approximate_clusters, approximate_ari) = match &m.approximate {
+            Some(a) => (
+                format!(
+                    "{:.2} ({:.2} / {:.2})",
+                    a.seconds, a.neighbours_seconds, a.spanning_tree_seconds
+                ),
+                a.n_clusters.to_string(),
+                format!("{:.4}", a.ari_vs_exact),
+            ),
+            None => ("not run".into(), "—".into(), "—".into()),
+        };
         md.push_str(&format!(
-            "| {}×{} | {:.2} ({:.2} / {:.2} / {:.2}) | {} | {:.1} % | {:.4} | {} | {} | {} |\n",
+            "| {}×{} | {:.2} ({:.2} / {:.2} / {:.2}) | {} | {:.1} % | {:.4} | {} | {} | {} | {} | {} | {} |\n",
             m.points,
             m.dim,
             m.seconds,
@@ -223,6 +273,9 @@ fn markdown(r: &Report) -> String {
             m.n_clusters,
             100.0 * m.noise_fraction,
             m.ari_vs_generator,
+            approximate_seconds,
+            approximate_clusters,
+            approximate_ari,
             python_seconds,
             speedup,
             agreement

@@ -32,6 +32,22 @@ pub enum DistanceError {
     },
     #[error("groups must be contiguous ranges covering 0..{n} in order")]
     Groups { n: usize },
+    #[error("rows of dimension {right} cannot be compared with rows of dimension {left}")]
+    Dimensions { left: usize, right: usize },
+    #[error("group {group} names candidate group {named}, but there are {groups} groups")]
+    UnknownCandidate {
+        group: usize,
+        named: usize,
+        groups: usize,
+    },
+    #[error(
+        "the candidate groups of group {group} hold {available} other points, fewer than k = {k}"
+    )]
+    TooFewCandidates {
+        group: usize,
+        available: usize,
+        k: usize,
+    },
 }
 
 /// Row-major points: `len()` rows of `dim()` values each, all finite.
@@ -99,60 +115,94 @@ pub fn exact_distance(a: &[f32], b: &[f32]) -> f64 {
         .sqrt()
 }
 
-/// Squared distances of `rows` (a block of points) to `cols` (another block)
-/// into `tile` (`rows.len() × cols.len()`, row-major).
+/// Squared distances of `rows` (a block of the left points) to `cols` (a
+/// block of the right points, often the same set) into `tile`
+/// (`rows.len() × cols.len()`, row-major).
 struct TileComputer<'a> {
-    points: Rows<'a>,
-    norms: Vec<f32>,
+    left: Rows<'a>,
+    right: Rows<'a>,
+    left_norms: Vec<f32>,
+    right_norms: Vec<f32>,
 }
 
 impl<'a> TileComputer<'a> {
     fn new(points: Rows<'a>) -> Self {
+        let norms = points.squared_norms();
         Self {
-            norms: points.squared_norms(),
-            points,
+            left: points,
+            right: points,
+            left_norms: norms.clone(),
+            right_norms: norms,
+        }
+    }
+
+    /// Callers check that both sides have the same dimension.
+    fn between(left: Rows<'a>, right: Rows<'a>) -> Self {
+        Self {
+            left_norms: left.squared_norms(),
+            right_norms: right.squared_norms(),
+            left,
+            right,
         }
     }
 
     fn squared_distances(&self, rows: Range<usize>, cols: Range<usize>, tile: &mut Vec<f32>) {
-        let (m, n, k) = (rows.len(), cols.len(), self.points.dim);
-        tile.clear();
-        tile.resize(m * n, 0.0);
-        let lhs = self.points.block(rows.clone());
-        let rhs = self.points.block(cols.clone());
-        // SAFETY: `lhs` is m×k and `rhs` n×k row-major, both borrowed for the
-        // call; `tile` was just sized to m×n. The strides below describe
-        // exactly those buffers (rhs read transposed), so gemm reads and
-        // writes only inside them.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                tile.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                lhs.as_ptr(),
-                1,
-                k as isize,
-                rhs.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                -2.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        let col_norms = &self.norms[cols];
-        for (row, out) in rows.zip(tile.chunks_exact_mut(n)) {
-            let row_norm = self.norms[row];
-            for (d, c) in out.iter_mut().zip(col_norms) {
-                *d = (*d + row_norm + c).max(0.0);
-            }
+        squared_distances(
+            self.left.block(rows.clone()),
+            &self.left_norms[rows],
+            self.right.block(cols.clone()),
+            &self.right_norms[cols],
+            self.left.dim,
+            tile,
+        );
+    }
+}
+
+/// Squared distances of the rows of `lhs` to the rows of `rhs` (both
+/// row-major with `k` values a row, their squared norms beside them) into
+/// `tile`, row-major.
+fn squared_distances(
+    lhs: &[f32],
+    lhs_norms: &[f32],
+    rhs: &[f32],
+    rhs_norms: &[f32],
+    k: usize,
+    tile: &mut Vec<f32>,
+) {
+    let (m, n) = (lhs_norms.len(), rhs_norms.len());
+    assert!(lhs.len() == m * k && rhs.len() == n * k, "tile shapes");
+    tile.clear();
+    tile.resize(m * n, 0.0);
+    // SAFETY: `lhs` is m×k and `rhs` n×k row-major (asserted above), both
+    // borrowed for the call; `tile` was just sized to m×n. The strides below describe
+    // exactly those buffers (rhs read transposed), so gemm reads and
+    // writes only inside them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            tile.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            -2.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    for (row_norm, out) in lhs_norms.iter().zip(tile.chunks_exact_mut(n)) {
+        for (d, c) in out.iter_mut().zip(rhs_norms) {
+            *d = (*d + row_norm + c).max(0.0);
         }
     }
 }
@@ -503,6 +553,301 @@ pub fn lightest_edges_to_other_groups(
     Ok(best)
 }
 
+/// The `k` nearest rows of `base` to every row of `queries`, nearest first
+/// (`k` capped at `base.len()`): assigning points to centroids and centroids
+/// to each other.
+pub fn nearest_rows(
+    queries: Rows<'_>,
+    base: Rows<'_>,
+    k: usize,
+) -> Result<Neighbours, DistanceError> {
+    if queries.dim() != base.dim() {
+        return Err(DistanceError::Dimensions {
+            left: queries.dim(),
+            right: base.dim(),
+        });
+    }
+    let (n, m) = (queries.len(), base.len());
+    let k = k.min(m);
+    if k == 0 || n == 0 {
+        return Ok(Neighbours {
+            k,
+            indices: Vec::new(),
+            distances: Vec::new(),
+        });
+    }
+    let computer = TileComputer::between(queries, base);
+    let mut indices = vec![0u32; n * k];
+    let mut distances = vec![0f32; n * k];
+    indices
+        .par_chunks_mut(ROW_BLOCK * k)
+        .zip(distances.par_chunks_mut(ROW_BLOCK * k))
+        .enumerate()
+        .for_each(|(block, (indices, distances))| {
+            let rows = block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(n);
+            let mut lists: Vec<NearestList> = rows.clone().map(|_| NearestList::new(k)).collect();
+            let mut tile = Vec::new();
+            for col_start in (0..m).step_by(COL_BLOCK) {
+                let cols = col_start..(col_start + COL_BLOCK).min(m);
+                computer.squared_distances(rows.clone(), cols.clone(), &mut tile);
+                for (list, line) in lists.iter_mut().zip(tile.chunks_exact(cols.len())) {
+                    for (offset, &d) in line.iter().enumerate() {
+                        list.offer((cols.start + offset) as u32, d);
+                    }
+                }
+            }
+            write_lists(lists, k, indices, distances);
+        });
+    Ok(Neighbours {
+        k,
+        indices,
+        distances,
+    })
+}
+
+fn write_lists(lists: Vec<NearestList>, k: usize, indices: &mut [u32], distances: &mut [f32]) {
+    for (r, list) in lists.into_iter().enumerate() {
+        indices[r * k..(r + 1) * k].copy_from_slice(&list.indices);
+        for (out, d) in distances[r * k..(r + 1) * k].iter_mut().zip(&list.squared) {
+            *out = d.sqrt();
+        }
+    }
+}
+
+/// Groups (contiguous ranges of points) and, for each, the groups its points
+/// are compared with: an inverted file's lists and the lists each list
+/// probes. Candidate lists are deduplicated.
+struct Probes<'g> {
+    groups: &'g [Range<usize>],
+    candidates: Vec<Vec<usize>>,
+}
+
+impl<'g> Probes<'g> {
+    fn new(
+        n: usize,
+        groups: &'g [Range<usize>],
+        candidates: &[Vec<usize>],
+    ) -> Result<Self, DistanceError> {
+        group_index(groups, n)?;
+        if candidates.len() != groups.len() {
+            return Err(DistanceError::Length {
+                what: "candidate lists",
+                got: candidates.len(),
+                expected: groups.len(),
+            });
+        }
+        let mut deduplicated = Vec::with_capacity(groups.len());
+        for (group, named) in candidates.iter().enumerate() {
+            let mut named = named.clone();
+            named.sort_unstable();
+            named.dedup();
+            if let Some(&bad) = named.iter().find(|&&h| h >= groups.len()) {
+                return Err(DistanceError::UnknownCandidate {
+                    group,
+                    named: bad,
+                    groups: groups.len(),
+                });
+            }
+            deduplicated.push(named);
+        }
+        Ok(Self {
+            groups,
+            candidates: deduplicated,
+        })
+    }
+
+    /// Points a point of `group` can be compared with, itself not counted.
+    fn available(&self, group: usize) -> usize {
+        let own = usize::from(self.candidates[group].contains(&group));
+        self.candidates[group]
+            .iter()
+            .map(|&h| self.groups[h].len())
+            .sum::<usize>()
+            - own
+    }
+
+    /// Calls `visit(rows, cols, tile)` for every tile of `group`'s points
+    /// against the points of the groups `named`, which are first copied side
+    /// by side so that each matrix multiply is wide (lists are often
+    /// narrower than a column block); `cols` are the columns' point indices.
+    fn tiles(
+        &self,
+        points: Rows<'_>,
+        norms: &[f32],
+        group: usize,
+        named: &[usize],
+        mut visit: impl FnMut(Range<usize>, &[usize], &[f32]),
+    ) {
+        let dim = points.dim();
+        let index: Vec<usize> = named.iter().flat_map(|&h| self.groups[h].clone()).collect();
+        if index.is_empty() {
+            return;
+        }
+        let mut data = Vec::with_capacity(index.len() * dim);
+        for &j in &index {
+            data.extend_from_slice(points.row(j));
+        }
+        let gathered_norms: Vec<f32> = index.iter().map(|&j| norms[j]).collect();
+        let mut tile = Vec::new();
+        for rows in self.row_blocks(group) {
+            for start in (0..index.len()).step_by(COL_BLOCK) {
+                let end = (start + COL_BLOCK).min(index.len());
+                squared_distances(
+                    points.block(rows.clone()),
+                    &norms[rows.clone()],
+                    &data[start * dim..end * dim],
+                    &gathered_norms[start..end],
+                    dim,
+                    &mut tile,
+                );
+                visit(rows.clone(), &index[start..end], &tile);
+            }
+        }
+    }
+
+    fn row_blocks(&self, group: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        let range = self.groups[group].clone();
+        range
+            .clone()
+            .step_by(ROW_BLOCK)
+            .map(move |s| s..(s + ROW_BLOCK).min(range.end))
+    }
+}
+
+/// The `k` nearest other points of every point, looked for only among the
+/// points of its group's candidate groups: an inverted-file search, so the
+/// approximate k nearest neighbours. Points are ordered so that every group
+/// is one contiguous range (`groups`, in order); `candidates[g]` names the
+/// groups whose points may be neighbours of group `g`'s points and must hold
+/// at least `k` points besides each of them. Nearest first.
+pub fn knn_within_groups(
+    points: Rows<'_>,
+    groups: &[Range<usize>],
+    candidates: &[Vec<usize>],
+    k: usize,
+) -> Result<Neighbours, DistanceError> {
+    let n = points.len();
+    let probes = Probes::new(n, groups, candidates)?;
+    if let Some(group) = (0..groups.len()).find(|&g| probes.available(g) < k) {
+        return Err(DistanceError::TooFewCandidates {
+            group,
+            available: probes.available(group),
+            k,
+        });
+    }
+    let norms = points.squared_norms();
+    let per_group: Vec<(Vec<u32>, Vec<f32>)> = (0..groups.len())
+        .into_par_iter()
+        .map(|group| {
+            let first = groups[group].start;
+            let mut lists: Vec<NearestList> =
+                groups[group].clone().map(|_| NearestList::new(k)).collect();
+            probes.tiles(
+                points,
+                &norms,
+                group,
+                &probes.candidates[group],
+                |rows, cols, tile| {
+                    for (row, line) in rows.zip(tile.chunks_exact(cols.len())) {
+                        let list = &mut lists[row - first];
+                        for (&col, &d) in cols.iter().zip(line) {
+                            if col != row {
+                                list.offer(col as u32, d);
+                            }
+                        }
+                    }
+                },
+            );
+            let size = lists.len();
+            let (mut indices, mut distances) = (vec![0u32; size * k], vec![0f32; size * k]);
+            write_lists(lists, k, &mut indices, &mut distances);
+            (indices, distances)
+        })
+        .collect();
+    let mut indices = Vec::with_capacity(n * k);
+    let mut distances = Vec::with_capacity(n * k);
+    for (i, d) in per_group {
+        indices.extend(i);
+        distances.extend(d);
+    }
+    Ok(Neighbours {
+        k,
+        indices,
+        distances,
+    })
+}
+
+/// For every point, the lightest mutual-reachability edge to a point with
+/// another label among its group's candidate groups (`None` when there is
+/// no such point there). Same layout as [`knn_within_groups`]; the labels
+/// are the current components of a spanning forest. Pairs of groups whose
+/// points all share one label are skipped.
+pub fn lightest_edges_to_other_labels(
+    points: Rows<'_>,
+    core: &[f32],
+    labels: &[u32],
+    groups: &[Range<usize>],
+    candidates: &[Vec<usize>],
+) -> Result<Vec<Option<Edge>>, DistanceError> {
+    let n = points.len();
+    for (what, got) in [("core distances", core.len()), ("labels", labels.len())] {
+        if got != n {
+            return Err(DistanceError::Length {
+                what,
+                got,
+                expected: n,
+            });
+        }
+    }
+    let probes = Probes::new(n, groups, candidates)?;
+    let uniform: Vec<Option<u32>> = groups
+        .iter()
+        .map(|range| {
+            let first = labels[range.start];
+            labels[range.clone()]
+                .iter()
+                .all(|&l| l == first)
+                .then_some(first)
+        })
+        .collect();
+    let core_sq: Vec<f32> = core.iter().map(|v| v * v).collect();
+    let norms = points.squared_norms();
+    let per_group: Vec<Vec<Option<Edge>>> = (0..groups.len())
+        .into_par_iter()
+        .map(|group| {
+            let first = groups[group].start;
+            let mut best: Vec<Option<Edge>> = vec![None; groups[group].len()];
+            let wanted: Vec<usize> = probes.candidates[group]
+                .iter()
+                .copied()
+                .filter(|&h| uniform[group].is_none() || uniform[group] != uniform[h])
+                .collect();
+            probes.tiles(points, &norms, group, &wanted, |rows, cols, tile| {
+                for (row, line) in rows.zip(tile.chunks_exact(cols.len())) {
+                    let slot = &mut best[row - first];
+                    for (&col, &d) in cols.iter().zip(line) {
+                        if labels[col] == labels[row] {
+                            continue;
+                        }
+                        let edge = Edge {
+                            weight: d.max(core_sq[col]).max(core_sq[row]),
+                            a: row as u32,
+                            b: col as u32,
+                        };
+                        keep_lighter(slot, edge);
+                    }
+                }
+            });
+            best
+        })
+        .collect();
+    let mut best: Vec<Option<Edge>> = per_group.into_iter().flatten().collect();
+    for e in best.iter_mut().flatten() {
+        e.weight = e.weight.sqrt();
+    }
+    Ok(best)
+}
+
 fn group_index(groups: &[Range<usize>], n: usize) -> Result<Vec<usize>, DistanceError> {
     let mut group_of = Vec::with_capacity(n);
     for (g, range) in groups.iter().enumerate() {
@@ -647,6 +992,129 @@ mod tests {
                 lightest_edges_between_groups(points, &core, &bad),
                 Err(DistanceError::Groups { n: 4 })
             ));
+        }
+    }
+
+    #[test]
+    fn nearest_rows_matches_brute_force() {
+        let (dim, k) = (5, 3);
+        let queries = lcg_points(300, dim, 11);
+        let base = lcg_points(2100, dim, 12);
+        let (q, b) = (
+            Rows::new(&queries, dim).unwrap(),
+            Rows::new(&base, dim).unwrap(),
+        );
+        let found = nearest_rows(q, b, k).unwrap();
+        for i in [0, 17, 255, 256, 299] {
+            let mut all: Vec<(f64, usize)> = (0..b.len())
+                .map(|j| (exact_distance(q.row(i), b.row(j)), j))
+                .collect();
+            all.sort_by(|x, y| x.0.total_cmp(&y.0));
+            let (idx, dist) = found.of(i);
+            for rank in 0..k {
+                assert_eq!(idx[rank] as usize, all[rank].1, "query {i} rank {rank}");
+                assert!((f64::from(dist[rank]) - all[rank].0).abs() < 1e-4);
+            }
+        }
+        let other = [0.0; 4];
+        assert_eq!(
+            nearest_rows(q, Rows::new(&other, 2).unwrap(), 1).unwrap_err(),
+            DistanceError::Dimensions { left: 5, right: 2 }
+        );
+    }
+
+    /// 2300 points in groups of uneven sizes (one larger than a row block).
+    fn uneven_groups(n: usize) -> Vec<Range<usize>> {
+        let cuts = [0, 100, 400, 401, 1500, 1800, n];
+        cuts.windows(2).map(|w| w[0]..w[1]).collect()
+    }
+
+    #[test]
+    fn knn_within_groups_is_exact_when_every_group_is_a_candidate() {
+        let (n, dim, k) = (2300, 6, 4);
+        let data = lcg_points(n, dim, 21);
+        let points = Rows::new(&data, dim).unwrap();
+        let groups = uneven_groups(n);
+        let everything: Vec<Vec<usize>> = vec![(0..groups.len()).rev().collect(); groups.len()];
+        let within = knn_within_groups(points, &groups, &everything, k).unwrap();
+        let exact = knn(points, k);
+        for i in 0..n {
+            assert_eq!(within.of(i).0, exact.of(i).0, "point {i}");
+        }
+    }
+
+    #[test]
+    fn knn_within_groups_looks_only_at_candidates() {
+        let (n, dim, k) = (2300, 6, 3);
+        let data = lcg_points(n, dim, 22);
+        let points = Rows::new(&data, dim).unwrap();
+        let groups = uneven_groups(n);
+        // Each group sees itself and the next one.
+        let candidates: Vec<Vec<usize>> = (0..groups.len())
+            .map(|g| vec![g, (g + 1) % groups.len()])
+            .collect();
+        let found = knn_within_groups(points, &groups, &candidates, k).unwrap();
+        for (g, range) in groups.iter().enumerate() {
+            for i in [range.start, range.end - 1] {
+                let mut all: Vec<(f64, usize)> = candidates[g]
+                    .iter()
+                    .flat_map(|&h| groups[h].clone())
+                    .filter(|&j| j != i)
+                    .map(|j| (brute_sq(&points, i, j), j))
+                    .collect();
+                all.sort_by(|x, y| x.0.total_cmp(&y.0));
+                let want: Vec<u32> = all.iter().take(k).map(|x| x.1 as u32).collect();
+                assert_eq!(found.of(i).0, &want[..], "point {i}");
+            }
+        }
+        let too_few = vec![vec![2]; groups.len()];
+        assert_eq!(
+            knn_within_groups(points, &groups, &too_few, k).unwrap_err(),
+            DistanceError::TooFewCandidates {
+                group: 0,
+                available: 1,
+                k
+            }
+        );
+        let unknown = vec![vec![0, 9]; groups.len()];
+        assert!(matches!(
+            knn_within_groups(points, &groups, &unknown, k),
+            Err(DistanceError::UnknownCandidate { named: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn lightest_edges_to_other_labels_match_brute_force() {
+        let (n, dim) = (2300, 4);
+        let data = lcg_points(n, dim, 23);
+        let points = Rows::new(&data, dim).unwrap();
+        let core: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.05).collect();
+        let labels: Vec<u32> = (0..n)
+            .map(|i| (i % 3 == 0) as u32 + 2 * (i >= 1500) as u32)
+            .collect();
+        let groups = uneven_groups(n);
+        let candidates: Vec<Vec<usize>> = (0..groups.len())
+            .map(|g| vec![g, (g + 2) % groups.len()])
+            .collect();
+        let found =
+            lightest_edges_to_other_labels(points, &core, &labels, &groups, &candidates).unwrap();
+        for (g, range) in groups.iter().enumerate() {
+            for i in [range.start, (range.start + range.end) / 2, range.end - 1] {
+                let want = candidates[g]
+                    .iter()
+                    .flat_map(|&h| groups[h].clone())
+                    .filter(|&j| labels[j] != labels[i])
+                    .map(|j| brute_edge(&points, &core, i, j))
+                    .min_by(f64::total_cmp);
+                match (found[i], want) {
+                    (Some(edge), Some(w)) => {
+                        assert!((f64::from(edge.weight) - w).abs() < 1e-4, "point {i}");
+                        assert_ne!(labels[edge.b as usize], labels[i]);
+                    }
+                    (None, None) => {}
+                    (got, want) => panic!("point {i}: {got:?} against {want:?}"),
+                }
+            }
         }
     }
 }

@@ -72,6 +72,38 @@ fn clusters_raw_f32_like_the_python_package() {
 }
 
 #[test]
+fn approximate_mode_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    let input = fixture("blobs384_n2000.f32");
+    let output = pulse(&[
+        "cluster",
+        "--input",
+        input.to_str().unwrap(),
+        "--dim",
+        "384",
+        "--min-cluster-size",
+        "15",
+        "--min-samples",
+        "5",
+        "--approximate",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("(approximate)"),
+        "{}",
+        stderr(&output)
+    );
+    let result = read_json(&out);
+    assert_eq!(result["approximate"], true);
+    let reference = read_json(&fixture("blobs384_n2000.run0.json"));
+    let ari = adjusted_rand_index(&labels(&reference["labels"]), &labels(&result["labels"]));
+    assert!(ari >= 0.95, "ARI {ari}");
+}
+
+#[test]
 fn clusters_json_lines_and_keeps_their_ids() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");

@@ -125,3 +125,29 @@ fn exact_mode_matches_the_python_package() {
         );
     }
 }
+
+/// Approximate mode against exact mode on the same sets (the bar:
+/// ARI ≥ 0.95), and against the package's labels.
+#[test]
+fn approximate_mode_agrees_with_exact_mode() {
+    for file in all_runs() {
+        let r = reference(&file);
+        let exact = hdbscan(&r.points, r.dim, &r.params).unwrap();
+        let approximate_params = Params {
+            approximate: true,
+            ..r.params.clone()
+        };
+        let got = hdbscan(&r.points, r.dim, &approximate_params).unwrap();
+        assert!(got.approximate && !exact.approximate);
+        let ari = adjusted_rand_index(&exact.labels, &got.labels);
+        let ari_reference = adjusted_rand_index(&r.labels, &got.labels);
+        eprintln!(
+            "{}: approximate {} clusters (exact {}), ARI vs exact {ari:.5}, vs package {ari_reference:.5}, {:?}",
+            r.name,
+            got.n_clusters,
+            exact.n_clusters,
+            got.timings.total()
+        );
+        assert!(ari >= 0.95, "{}: approximate vs exact ARI {ari}", r.name);
+    }
+}

@@ -42,6 +42,9 @@ pub struct ReclusterArgs {
     epsilon: f64,
     #[arg(long)]
     allow_single_cluster: bool,
+    /// Inverted-file neighbours instead of all pairs: for large windows.
+    #[arg(long)]
+    approximate: bool,
     /// A retried call with the same key gets the first job, not a new one.
     #[arg(long, default_value = "")]
     idempotency_key: String,
@@ -139,6 +142,7 @@ pub fn recluster(args: ReclusterArgs) -> anyhow::Result<ExitCode> {
             selection: args.selection.clone(),
             epsilon: args.epsilon,
             allow_single_cluster: args.allow_single_cluster,
+            approximate: args.approximate,
         }),
         idempotency_key: args.idempotency_key.clone(),
     };

@@ -107,12 +107,14 @@ fn params_of(params: Option<pb::ClusterParams>) -> Result<(Params, ParamsRecord)
     hdbscan.selection = selection;
     hdbscan.epsilon = params.epsilon;
     hdbscan.allow_single_cluster = params.allow_single_cluster;
+    hdbscan.approximate = params.approximate;
     let requested = ParamsRecord {
         min_cluster_size,
         min_samples: params.min_samples,
         selection: selection.to_string(),
         epsilon: params.epsilon,
         allow_single_cluster: params.allow_single_cluster,
+        approximate: params.approximate,
     };
     Ok((hdbscan, requested))
 }
@@ -124,6 +126,7 @@ fn params_message(params: &ParamsRecord) -> pb::ClusterParams {
         selection: params.selection.clone(),
         epsilon: params.epsilon,
         allow_single_cluster: params.allow_single_cluster,
+        approximate: params.approximate,
     }
 }
 
@@ -458,12 +461,18 @@ mod tests {
             min_cluster_size: 5,
             min_samples: 3,
             selection: "leaf".into(),
+            approximate: true,
             ..Default::default()
         };
-        let (params, _) = params_of(Some(leaf)).unwrap();
+        let (params, requested) = params_of(Some(leaf)).unwrap();
         assert_eq!(
             (params.min_samples, params.selection),
             (Some(3), Selection::Leaf)
+        );
+        assert!(params.approximate && requested.approximate);
+        assert!(
+            params_message(&requested).approximate,
+            "a run says it was approximate"
         );
         for bad in [
             pb::ClusterParams {

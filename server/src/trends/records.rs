@@ -29,6 +29,9 @@ pub struct ParamsRecord {
     pub selection: String,
     pub epsilon: f64,
     pub allow_single_cluster: bool,
+    /// Runs stored before approximate mode existed were exact.
+    #[serde(default)]
+    pub approximate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

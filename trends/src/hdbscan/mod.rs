@@ -13,6 +13,7 @@
 //! point (scikit-learn and the Rust crates count the point itself; their
 //! `min_samples = k + 1` is the package's `k`).
 
+mod approximate;
 mod mst;
 mod tree;
 
@@ -111,6 +112,10 @@ pub struct Params {
     /// into their parent.
     pub epsilon: f64,
     pub allow_single_cluster: bool,
+    /// Neighbours from an inverted file instead of all pairs (see
+    /// [`approximate`]): for large n, at some cost in agreement with the
+    /// exact result.
+    pub approximate: bool,
 }
 
 impl Params {
@@ -122,6 +127,7 @@ impl Params {
             selection: Selection::ExcessOfMass,
             epsilon: 0.0,
             allow_single_cluster: false,
+            approximate: false,
         }
     }
 
@@ -180,6 +186,8 @@ pub struct Clustering {
     /// for outliers.
     pub outlier_scores: Vec<f32>,
     pub n_clusters: usize,
+    /// Whether the neighbours and the spanning tree were approximate.
+    pub approximate: bool,
     pub timings: Timings,
 }
 
@@ -207,12 +215,22 @@ pub fn hdbscan(data: &[f32], dim: usize, params: &Params) -> Result<Clustering, 
             probabilities: vec![0.0; n],
             outlier_scores: vec![0.0; n],
             n_clusters: 0,
+            approximate: params.approximate,
             timings,
         });
     }
 
     let started = Instant::now();
-    let found = distance::knn(points, min_samples.max(MIN_LIST_LENGTH));
+    let k = min_samples.max(MIN_LIST_LENGTH).min(n - 1);
+    let file = if params.approximate {
+        Some(approximate::InvertedFile::build(points, k)?)
+    } else {
+        None
+    };
+    let found = match &file {
+        Some(file) => file.knn(k)?,
+        None => distance::knn(points, k),
+    };
     let lists = mst::NeighbourLists::refined(points, &found);
     drop(found);
     let core: Vec<f64> = (0..n)
@@ -221,7 +239,11 @@ pub fn hdbscan(data: &[f32], dim: usize, params: &Params) -> Result<Clustering, 
     timings.neighbours = started.elapsed();
 
     let started = Instant::now();
-    let edges = mst::spanning_tree(points, &lists, &core)?;
+    let edges = match &file {
+        Some(file) => file.spanning_tree(points, &lists, &core)?,
+        None => mst::spanning_tree(points, &lists, &core)?,
+    };
+    drop(file);
     drop(lists);
     timings.spanning_tree = started.elapsed();
 
@@ -243,6 +265,7 @@ pub fn hdbscan(data: &[f32], dim: usize, params: &Params) -> Result<Clustering, 
         probabilities: flat.probabilities.iter().map(|&p| p as f32).collect(),
         outlier_scores: flat.outlier_scores.iter().map(|&s| s as f32).collect(),
         n_clusters: flat.n_clusters,
+        approximate: params.approximate,
         timings,
     })
 }

@@ -80,10 +80,13 @@ pub(crate) fn spanning_tree(
     lists: &NeighbourLists,
     core: &[f64],
 ) -> Result<Vec<WeightedEdge>, DistanceError> {
-    // The components × components matrix may take as much memory as the
-    // neighbour lists, no more.
-    let most_for_matrix = ((points.len() * lists.k.max(1)) as f64).sqrt().max(64.0) as usize;
-    spanning_tree_with(points, lists, core, most_for_matrix)
+    spanning_tree_with(points, lists, core, most_for_matrix(points.len(), lists.k))
+}
+
+/// The components × components matrix may take as much memory as the
+/// neighbour lists, no more.
+pub(crate) fn most_for_matrix(n: usize, k: usize) -> usize {
+    ((n * k.max(1)) as f64).sqrt().max(64.0) as usize
 }
 
 fn spanning_tree_with(
@@ -95,24 +98,32 @@ fn spanning_tree_with(
     let n = points.len();
     let mut sets = UnionFind::new(n);
     let mut tree = Vec::with_capacity(n.saturating_sub(1));
-    join_by_listed_edges(n, lists, core, &mut sets, &mut tree);
+    join_by_listed_edges(n, lists, core, &mut sets, &mut tree, true);
     if tree.len() + 1 < n {
         join_remaining_components(points, core, most_for_matrix, &mut sets, &mut tree)?;
     }
-    for edge in &mut tree {
-        let d = distance::exact_distance(points.row(edge.a), points.row(edge.b));
-        edge.weight = d.max(core[edge.a]).max(core[edge.b]);
-    }
+    exact_weights(points, core, &mut tree);
     Ok(tree)
 }
 
-/// Borůvka rounds over the listed edges, adding only certified ones.
-fn join_by_listed_edges(
+/// Recomputes each tree edge's weight from the points in f64.
+pub(crate) fn exact_weights(points: Rows<'_>, core: &[f64], tree: &mut [WeightedEdge]) {
+    for edge in tree {
+        let d = distance::exact_distance(points.row(edge.a), points.row(edge.b));
+        edge.weight = d.max(core[edge.a]).max(core[edge.b]);
+    }
+}
+
+/// Borůvka rounds over the listed edges. With `certified`, only edges that
+/// are certainly in the exact tree; without, every component's lightest
+/// listed edge (the minimum spanning forest of the neighbour graph).
+pub(crate) fn join_by_listed_edges(
     n: usize,
     lists: &NeighbourLists,
     core: &[f64],
     sets: &mut UnionFind,
     tree: &mut Vec<WeightedEdge>,
+    certified: bool,
 ) {
     loop {
         let component: Vec<usize> = (0..n).map(|i| sets.find(i)).collect();
@@ -142,7 +153,7 @@ fn join_by_listed_edges(
         let mut added = 0;
         for c in 0..n {
             if let Some(edge) = best[c]
-                && edge.weight < floor[c]
+                && (!certified || edge.weight < floor[c])
                 && sets.union(edge.a, edge.b).is_some()
             {
                 tree.push(edge);
@@ -205,7 +216,7 @@ impl Grouping {
 /// Joins what the listed edges could not by exact lightest edges between
 /// components: per-point Borůvka passes while there are too many components
 /// for a components × components matrix, then the matrix and Prim.
-fn join_remaining_components(
+pub(crate) fn join_remaining_components(
     points: Rows<'_>,
     core: &[f64],
     most_for_matrix: usize,

@@ -800,16 +800,7 @@ pub fn lightest_edges_to_other_labels(
         }
     }
     let probes = Probes::new(n, groups, candidates)?;
-    let uniform: Vec<Option<u32>> = groups
-        .iter()
-        .map(|range| {
-            let first = labels[range.start];
-            labels[range.clone()]
-                .iter()
-                .all(|&l| l == first)
-                .then_some(first)
-        })
-        .collect();
+    let uniform = uniform_labels(labels, groups);
     let core_sq: Vec<f32> = core.iter().map(|v| v * v).collect();
     let norms = points.squared_norms();
     let per_group: Vec<Vec<Option<Edge>>> = (0..groups.len())
@@ -846,6 +837,20 @@ pub fn lightest_edges_to_other_labels(
         e.weight = e.weight.sqrt();
     }
     Ok(best)
+}
+
+/// Each group's label when all its points share one, `None` when mixed.
+pub fn uniform_labels(labels: &[u32], groups: &[Range<usize>]) -> Vec<Option<u32>> {
+    groups
+        .iter()
+        .map(|range| {
+            let first = labels[range.start];
+            labels[range.clone()]
+                .iter()
+                .all(|&l| l == first)
+                .then_some(first)
+        })
+        .collect()
 }
 
 fn group_index(groups: &[Range<usize>], n: usize) -> Result<Vec<usize>, DistanceError> {

@@ -35,12 +35,13 @@ fn labels(value: &Value) -> Vec<i32> {
         .collect()
 }
 
-#[test]
-fn clusters_raw_f32_like_the_python_package() {
+/// `pulse cluster` on the 384-d fixture with the reference run's
+/// parameters (and `extra` flags): its output and its JSON result.
+fn cluster_blobs(extra: &[&str]) -> (Output, Value) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.json");
     let input = fixture("blobs384_n2000.f32");
-    let output = pulse(&[
+    let mut args = vec![
         "cluster",
         "--input",
         input.to_str().unwrap(),
@@ -52,14 +53,22 @@ fn clusters_raw_f32_like_the_python_package() {
         "5",
         "--output",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let output = pulse(&args);
     assert!(output.status.success(), "{}", stderr(&output));
+    let result = read_json(&out);
+    (output, result)
+}
+
+#[test]
+fn clusters_raw_f32_like_the_python_package() {
+    let (output, result) = cluster_blobs(&[]);
     assert!(
         stderr(&output).contains("2000 points × 384: 12 clusters"),
         "{}",
         stderr(&output)
     );
-    let result = read_json(&out);
     let reference = read_json(&fixture("blobs384_n2000.run0.json"));
     assert_eq!(result["n_clusters"], 12);
     assert_eq!(result["approximate"], false);
@@ -73,30 +82,12 @@ fn clusters_raw_f32_like_the_python_package() {
 
 #[test]
 fn approximate_mode_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.json");
-    let input = fixture("blobs384_n2000.f32");
-    let output = pulse(&[
-        "cluster",
-        "--input",
-        input.to_str().unwrap(),
-        "--dim",
-        "384",
-        "--min-cluster-size",
-        "15",
-        "--min-samples",
-        "5",
-        "--approximate",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    let (output, result) = cluster_blobs(&["--approximate"]);
     assert!(
         stderr(&output).contains("(approximate)"),
         "{}",
         stderr(&output)
     );
-    let result = read_json(&out);
     assert_eq!(result["approximate"], true);
     let reference = read_json(&fixture("blobs384_n2000.run0.json"));
     let ari = adjusted_rand_index(&labels(&reference["labels"]), &labels(&result["labels"]));

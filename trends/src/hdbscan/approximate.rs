@@ -199,17 +199,7 @@ impl InvertedFile {
     /// piece searches from its `FRONTIER` lists nearest to a list holding
     /// another piece, each probing the `FRONTIER_PROBES` nearest such lists.
     fn frontier(&self, labels: &[u32]) -> Vec<Vec<usize>> {
-        let uniform: Vec<Option<u32>> = self
-            .lists
-            .iter()
-            .map(|range| {
-                let first = labels[range.start];
-                labels[range.clone()]
-                    .iter()
-                    .all(|&l| l == first)
-                    .then_some(first)
-            })
-            .collect();
+        let uniform = distance::uniform_labels(labels, &self.lists);
         // Lists holding another piece than `piece`.
         let foreign = |list: usize, piece: u32| uniform[list] != Some(piece);
         // piece → (rank of its nearest foreign list, list) for each of its lists.

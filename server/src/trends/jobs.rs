@@ -63,10 +63,27 @@ struct JobTable {
     jobs: HashMap<String, Arc<JobHandle>>,
     /// (brand, model, idempotency key) → job id.
     keys: HashMap<(String, String, String), String>,
-    /// One lock per (brand, model): its jobs run one after another, in
-    /// the order they came.
-    lanes: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// Per (brand, model), the last job's "done" signal: each job waits
+    /// for the one submitted before it, so a brand's jobs run one after
+    /// another in the order they were submitted (the order tasks first run
+    /// in is not that order).
+    lanes: HashMap<(String, String), watch::Receiver<bool>>,
     ended: VecDeque<String>,
+}
+
+/// A job's place in its (brand, model) lane.
+struct Turn {
+    previous: Option<watch::Receiver<bool>>,
+    done: watch::Sender<bool>,
+}
+
+impl Turn {
+    async fn wait_for_previous(&mut self) {
+        if let Some(previous) = &mut self.previous {
+            // An error means the previous job's task is gone: its turn is over.
+            let _ = previous.wait_for(|done| *done).await;
+        }
+    }
 }
 
 /// The job queue of a server.
@@ -135,14 +152,13 @@ impl Jobs {
         if !spec.idempotency_key.is_empty() {
             table.keys.insert(key, id.clone());
         }
-        let lane = table
+        let (done, done_signal) = watch::channel(false);
+        let previous = table
             .lanes
-            .entry((spec.brand.clone(), spec.model.clone()))
-            .or_default()
-            .clone();
+            .insert((spec.brand.clone(), spec.model.clone()), done_signal);
         drop(table);
         metrics::counter!("pulse_trend_jobs_submitted_total").increment(1);
-        tokio::spawn(self.clone().run(spec, handle, lane));
+        tokio::spawn(self.clone().run(spec, handle, Turn { previous, done }));
         job
     }
 
@@ -171,19 +187,18 @@ impl Jobs {
         Some(job)
     }
 
-    async fn run(self, spec: JobSpec, handle: Arc<JobHandle>, lane: Arc<tokio::sync::Mutex<()>>) {
+    async fn run(self, spec: JobSpec, handle: Arc<JobHandle>, mut turn: Turn) {
         let mut cancelled = handle.cancel.subscribe();
         let started = tokio::select! {
-            turn = async {
-                let lane = lane.lock_owned().await;
-                let slot = self.slots.clone().acquire_owned().await;
-                (lane, slot)
-            } => Some(turn),
+            slot = async {
+                turn.wait_for_previous().await;
+                self.slots.clone().acquire_owned().await
+            } => Some(slot),
             _ = cancelled.wait_for(|c| *c) => None,
         };
         let outcome = match started {
             None => Err(JobError::Cancelled),
-            Some((_lane, Ok(_slot))) => {
+            Some(Ok(_slot)) => {
                 handle.status.send_modify(|job| {
                     job.state = pb::JobState::Running as i32;
                     job.stage = pb::JobStage::Loading as i32;
@@ -200,7 +215,7 @@ impl Jobs {
                     _ = cancelled.wait_for(|c| *c) => Err(JobError::Cancelled),
                 }
             }
-            Some((_, Err(_))) => Err(JobError::Internal("the job queue was closed".into())),
+            Some(Err(_)) => Err(JobError::Internal("the job queue was closed".into())),
         };
         let (state, error) = match &outcome {
             Ok(()) => (pb::JobState::Succeeded, String::new()),
@@ -218,6 +233,10 @@ impl Jobs {
             job.finished = Some(crate::signals::timestamp(now_ms()));
         });
         self.remember_ended(id);
+        // A job cancelled while queued still hands on its turn only after
+        // the job before it: the next one must not overtake that.
+        turn.wait_for_previous().await;
+        turn.done.send_replace(true);
     }
 
     /// Keeps the newest ended jobs only.
@@ -744,10 +763,13 @@ mod tests {
         let first = jobs.submit(spec("acme", ""));
         let second = jobs.submit(spec("acme", ""));
         let mut status = jobs.watch(&first.id).unwrap();
-        status
-            .wait_for(|j| j.state == pb::JobState::Running as i32)
-            .await
-            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            status.wait_for(|j| j.state == pb::JobState::Running as i32),
+        )
+        .await
+        .expect("the first job submitted runs first")
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             jobs.get(&second.id).unwrap().state,

@@ -323,13 +323,9 @@ pub fn knn(points: Rows<'_>, k: usize) -> Neighbours {
             }
         }
     });
-    let mut indices = Vec::with_capacity(n * k);
-    let mut distances = Vec::with_capacity(n * k);
-    for list in lists {
-        let list = list.into_inner();
-        indices.extend_from_slice(&list.indices);
-        distances.extend(list.squared.iter().map(|d| d.sqrt()));
-    }
+    let lists: Vec<NearestList> = lists.into_iter().map(Mutex::into_inner).collect();
+    let (mut indices, mut distances) = (vec![0u32; n * k], vec![0f32; n * k]);
+    write_lists(lists, k, &mut indices, &mut distances);
     Neighbours {
         k,
         indices,

@@ -126,6 +126,11 @@ fn recluster(key: &str) -> pb::ReclusterRequest {
     }
 }
 
+/// Starts a re-cluster of the test window under an idempotency key.
+async fn submit(api: &mut TrendServiceClient<Channel>, key: &str) -> pb::Job {
+    api.recluster(recluster(key)).await.unwrap().into_inner()
+}
+
 async fn latest(api: &mut TrendServiceClient<Channel>) -> pb::ListTrendsResponse {
     api.list_trends(pb::ListTrendsRequest {
         brand: "acme".into(),
@@ -170,16 +175,8 @@ async fn reclustering_finds_the_topics_and_keeps_their_ids() {
         .into_inner();
     assert_eq!(ingested.stored, 48);
 
-    let job = api
-        .recluster(recluster("nightly-1"))
-        .await
-        .unwrap()
-        .into_inner();
-    let same = api
-        .recluster(recluster("nightly-1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let job = submit(&mut api, "nightly-1").await;
+    let same = submit(&mut api, "nightly-1").await;
     assert_eq!(same.id, job.id, "one idempotency key, one job");
     let done = succeeded(&mut api, &job).await;
     assert_eq!((done.signals, done.written, done.trends), (48, 48, 3));
@@ -215,11 +212,7 @@ async fn reclustering_finds_the_topics_and_keeps_their_ids() {
     assert_eq!(seen.len() as u64, trend.size);
 
     // The same data again keeps every id.
-    let job = api
-        .recluster(recluster("nightly-2"))
-        .await
-        .unwrap()
-        .into_inner();
+    let job = submit(&mut api, "nightly-2").await;
     succeeded(&mut api, &job).await;
     let listed = latest(&mut api).await;
     assert_eq!(by_topic(&listed), first_ids);
@@ -238,11 +231,7 @@ async fn reclustering_finds_the_topics_and_keeps_their_ids() {
         })
         .await
         .unwrap();
-    let job = api
-        .recluster(recluster("nightly-3"))
-        .await
-        .unwrap()
-        .into_inner();
+    let job = submit(&mut api, "nightly-3").await;
     assert_eq!(succeeded(&mut api, &job).await.trends, 4);
     let listed = latest(&mut api).await;
     let ids = by_topic(&listed);
@@ -382,7 +371,7 @@ async fn bad_trend_requests_get_precise_statuses() {
     assert_eq!(status.code(), Code::InvalidArgument);
 
     // A window with no signals is a job that succeeds with no trends.
-    let job = api.recluster(recluster("")).await.unwrap().into_inner();
+    let job = submit(&mut api, "").await;
     let done = succeeded(&mut api, &job).await;
     assert_eq!((done.signals, done.trends), (0, 0));
     assert!(latest(&mut api).await.trends.is_empty());

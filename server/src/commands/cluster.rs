@@ -31,22 +31,8 @@ pub struct ClusterArgs {
     metric: Metric,
     #[arg(long)]
     min_cluster_size: usize,
-    /// Neighbours that make a point core, not counting the point itself (the
-    /// Python `hdbscan` package's convention). Defaults to min-cluster-size.
-    #[arg(long)]
-    min_samples: Option<usize>,
-    #[arg(long, default_value = "eom", value_parser = parse_selection)]
-    selection: Selection,
-    /// cluster_selection_epsilon: clusters born below this distance merge.
-    #[arg(long, default_value = "0")]
-    epsilon: f64,
-    #[arg(long)]
-    allow_single_cluster: bool,
-    /// Neighbours from an inverted file instead of all pairs: much faster on
-    /// large inputs, close to but not always equal to the exact result. The
-    /// output says `"approximate": true`.
-    #[arg(long)]
-    approximate: bool,
+    #[command(flatten)]
+    hdbscan: HdbscanFlags,
     /// Where the result is written.
     #[arg(long, short)]
     output: PathBuf,
@@ -57,6 +43,28 @@ enum InputFormat {
     Auto,
     F32,
     Jsonl,
+}
+
+/// The HDBSCAN flags `pulse cluster` and `pulse recluster` share (each
+/// has its own `--min-cluster-size`: required offline, 15 on the server).
+#[derive(Args)]
+pub struct HdbscanFlags {
+    /// Neighbours that make a point core, not counting the point itself (the
+    /// Python `hdbscan` package's convention). Defaults to min-cluster-size.
+    #[arg(long)]
+    pub min_samples: Option<usize>,
+    #[arg(long, default_value = "eom", value_parser = parse_selection)]
+    pub selection: Selection,
+    /// cluster_selection_epsilon: clusters born below this distance merge.
+    #[arg(long, default_value = "0")]
+    pub epsilon: f64,
+    #[arg(long)]
+    pub allow_single_cluster: bool,
+    /// Neighbours from an inverted file instead of all pairs: much faster on
+    /// large inputs, close to but not always equal to the exact result; the
+    /// result says it is approximate.
+    #[arg(long)]
+    pub approximate: bool,
 }
 
 fn parse_metric(s: &str) -> Result<Metric, String> {
@@ -80,12 +88,12 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let n = input.points.len() / input.dim;
     let params = Params {
         min_cluster_size: args.min_cluster_size,
-        min_samples: args.min_samples,
+        min_samples: args.hdbscan.min_samples,
         metric: args.metric,
-        selection: args.selection,
-        epsilon: args.epsilon,
-        allow_single_cluster: args.allow_single_cluster,
-        approximate: args.approximate,
+        selection: args.hdbscan.selection,
+        epsilon: args.hdbscan.epsilon,
+        allow_single_cluster: args.hdbscan.allow_single_cluster,
+        approximate: args.hdbscan.approximate,
     };
     let clustering = hdbscan(&input.points, input.dim, &params)?;
     let t = clustering.timings;

@@ -1,6 +1,7 @@
 //! `pulse recluster` and `pulse trends`: clients of a running server's
 //! `TrendService`, for schedulers and people.
 
+use super::cluster::HdbscanFlags;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,19 +33,8 @@ pub struct ReclusterArgs {
     model: String,
     #[arg(long, default_value = "15")]
     min_cluster_size: u32,
-    /// Default: min-cluster-size.
-    #[arg(long)]
-    min_samples: Option<u32>,
-    /// `eom` (excess of mass) or `leaf`.
-    #[arg(long, default_value = "eom")]
-    selection: String,
-    #[arg(long, default_value = "0")]
-    epsilon: f64,
-    #[arg(long)]
-    allow_single_cluster: bool,
-    /// Inverted-file neighbours instead of all pairs: for large windows.
-    #[arg(long)]
-    approximate: bool,
+    #[command(flatten)]
+    hdbscan: HdbscanFlags,
     /// A retried call with the same key gets the first job, not a new one.
     #[arg(long, default_value = "")]
     idempotency_key: String,
@@ -138,11 +128,12 @@ pub fn recluster(args: ReclusterArgs) -> anyhow::Result<ExitCode> {
             .context("`--last` is too long")?,
         params: Some(pb::ClusterParams {
             min_cluster_size: args.min_cluster_size,
-            min_samples: args.min_samples.unwrap_or(0),
-            selection: args.selection.clone(),
-            epsilon: args.epsilon,
-            allow_single_cluster: args.allow_single_cluster,
-            approximate: args.approximate,
+            min_samples: u32::try_from(args.hdbscan.min_samples.unwrap_or(0))
+                .context("`--min-samples` is too large")?,
+            selection: args.hdbscan.selection.to_string(),
+            epsilon: args.hdbscan.epsilon,
+            allow_single_cluster: args.hdbscan.allow_single_cluster,
+            approximate: args.hdbscan.approximate,
         }),
         idempotency_key: args.idempotency_key.clone(),
     };

@@ -357,8 +357,8 @@ async fn execute(
         &cancelled,
         Clustered {
             ids: window.ids,
-            vectors: &vectors,
-            payloads: window.payloads,
+            vectors,
+            payloads: Arc::new(window.payloads),
             labels,
             probabilities,
         },
@@ -368,10 +368,10 @@ async fn execute(
     .await
 }
 
-struct Clustered<'a> {
+struct Clustered {
     ids: Vec<Uuid>,
-    vectors: &'a [f32],
-    payloads: Vec<Map<String, Value>>,
+    vectors: Arc<Vec<f32>>,
+    payloads: Arc<Vec<Map<String, Value>>>,
     labels: Vec<i32>,
     probabilities: Vec<f32>,
 }
@@ -391,7 +391,7 @@ async fn finish(
     spec: &JobSpec,
     status: &watch::Sender<pb::Job>,
     cancelled: &watch::Receiver<bool>,
-    clustered: Clustered<'_>,
+    clustered: Clustered,
     previous: Option<RunRecord>,
     previous_trends: Vec<TrendRecord>,
 ) -> Result<(), JobError> {
@@ -407,27 +407,34 @@ async fn finish(
         probabilities,
     } = clustered;
     let dim = spec.dimension;
-    let facts: Vec<SignalFacts<'_>> = payloads
-        .iter()
-        .map(|p| SignalFacts {
-            text: text(p, "text"),
-            source: text(p, "source"),
-            ts: p.get("ts").and_then(Value::as_i64).unwrap_or(spec.window.0),
-        })
-        .collect();
-    let summaries = summary::summarise(
-        vectors,
-        dim,
-        &facts,
-        &labels,
-        &probabilities,
-        &SummaryParams {
+    // Tokenising every text for the keywords takes seconds on a large
+    // window: off the runtime's threads, like the clustering.
+    let summaries = {
+        let (vectors, payloads) = (vectors.clone(), payloads.clone());
+        let (labels, probabilities) = (labels.clone(), probabilities.clone());
+        let params = SummaryParams {
             representatives: REPRESENTATIVES,
             keywords: KEYWORDS,
             buckets: BUCKETS,
             window: spec.window,
-        },
-    );
+        };
+        tokio::task::spawn_blocking(move || {
+            let facts: Vec<SignalFacts<'_>> = payloads
+                .iter()
+                .map(|p| SignalFacts {
+                    text: text(p, "text"),
+                    source: text(p, "source"),
+                    ts: p
+                        .get("ts")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(params.window.0),
+                })
+                .collect();
+            summary::summarise(&vectors, dim, &facts, &labels, &probabilities, &params)
+        })
+        .await
+        .map_err(|e| JobError::Internal(format!("summarising stopped: {e}")))?
+    };
 
     // A label counts as the previous run's only if that run wrote it.
     let previous_run_id = previous.as_ref().map(|r| r.run_id.as_str());

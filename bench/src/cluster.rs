@@ -31,6 +31,10 @@ pub struct ClusterArgs {
     /// Also run approximate mode (inverted-file neighbours) at every size.
     #[arg(long)]
     approximate: bool,
+    /// Runs of pulse per size and mode; the run with the median time is
+    /// reported (this machine's timings vary by a third from run to run).
+    #[arg(long, default_value = "3")]
+    repeat: usize,
     /// Where cluster.json and cluster.md are written.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
@@ -81,8 +85,8 @@ struct Report {
 }
 
 pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    if args.sizes.is_empty() || args.dim == 0 {
-        bail!("--sizes and --dim must be non-empty and positive");
+    if args.sizes.is_empty() || args.dim == 0 || args.repeat == 0 {
+        bail!("--sizes, --dim and --repeat must be non-empty and positive");
     }
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
@@ -91,9 +95,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &n in &args.sizes {
         let (points, topics) = workloads::embedding_like(n, args.dim, 0x5eed_c105 + n as u64);
-        let started = Instant::now();
-        let clustering = hdbscan(&points, args.dim, &params)?;
-        let seconds = started.elapsed().as_secs_f64();
+        let (clustering, seconds) =
+            median_run(args.repeat, || hdbscan(&points, args.dim, &params))?;
         let noise = clustering.labels.iter().filter(|l| **l < 0).count();
         eprintln!(
             "pulse {n}×{}: {seconds:.2} s, {} clusters",
@@ -104,9 +107,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 approximate: true,
                 ..params.clone()
             };
-            let started = Instant::now();
-            let run = hdbscan(&points, args.dim, &params)?;
-            let seconds = started.elapsed().as_secs_f64();
+            let (run, seconds) = median_run(args.repeat, || hdbscan(&points, args.dim, &params))?;
             eprintln!(
                 "pulse approximate {n}×{}: {seconds:.2} s, {} clusters",
                 args.dim, run.n_clusters
@@ -148,6 +149,23 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         results,
     };
     write_report(&args.out_dir, "cluster", &report, &markdown(&report))
+}
+
+/// Runs `cluster` `repeat` times; the run with the median wall time and
+/// that time.
+fn median_run<T, E>(
+    repeat: usize,
+    mut cluster: impl FnMut() -> Result<T, E>,
+) -> Result<(T, f64), E> {
+    let mut runs = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let started = Instant::now();
+        let result = cluster()?;
+        runs.push((result, started.elapsed().as_secs_f64()));
+    }
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let middle = runs.len() / 2;
+    Ok(runs.swap_remove(middle))
 }
 
 fn run_python(

@@ -13,8 +13,10 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-const ROW_BLOCK: usize = 256;
-const COL_BLOCK: usize = 2048;
+const ROW_BLOCK: usize = 512;
+const COL_BLOCK: usize = 512;
+/// Distances screened at once against the k-th distances of their lists.
+const SCREEN_LANES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DistanceError {
@@ -104,15 +106,28 @@ impl<'a> Rows<'a> {
 
 /// Euclidean distance computed directly in f64, for the few distances whose
 /// exact value matters more than the speed of getting them.
+/// The sum runs in independent lanes so that it compiles to vector
+/// instructions (one running sum is a chain the compiler may not reorder).
 pub fn exact_distance(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = f64::from(*x) - f64::from(*y);
-            d * d
-        })
-        .sum::<f64>()
-        .sqrt()
+    const LANES: usize = 8;
+    let squared = |x: &f32, y: &f32| {
+        let d = f64::from(*x) - f64::from(*y);
+        d * d
+    };
+    let mut lanes = [0f64; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let rest: f64 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| squared(x, y))
+        .sum();
+    for (xs, ys) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            lanes[lane] += squared(&xs[lane], &ys[lane]);
+        }
+    }
+    (lanes.iter().sum::<f64>() + rest).sqrt()
 }
 
 /// Squared distances of `rows` (a block of the left points) to `cols` (a
@@ -293,36 +308,64 @@ pub fn knn(points: Rows<'_>, k: usize) -> Neighbours {
     let worst: Vec<AtomicU32> = (0..n)
         .map(|_| AtomicU32::new(f32::INFINITY.to_bits()))
         .collect();
-    let offer = |list: usize, candidate: usize, d: f32| {
-        if d < f32::from_bits(worst[list].load(Ordering::Relaxed)) {
-            let mut guard = lists[list].lock();
-            if guard.offer(candidate as u32, d) {
-                worst[list].store(guard.worst().to_bits(), Ordering::Relaxed);
-            }
+    // Offers `candidate` to the list of `list` and returns that list's k-th
+    // distance after the offer.
+    let offer = |list: usize, candidate: usize, d: f32| -> f32 {
+        let mut guard = lists[list].lock();
+        if guard.offer(candidate as u32, d) {
+            worst[list].store(guard.worst().to_bits(), Ordering::Relaxed);
         }
+        guard.worst()
     };
-    let row_blocks: Vec<Range<usize>> = (0..n)
-        .step_by(ROW_BLOCK)
-        .map(|s| s..(s + ROW_BLOCK).min(n))
-        .collect();
-    row_blocks.into_par_iter().for_each(|rows| {
-        let mut tile = Vec::new();
-        for col_start in (rows.start..n).step_by(COL_BLOCK) {
-            let cols = col_start..(col_start + COL_BLOCK).min(n);
-            computer.squared_distances(rows.clone(), cols.clone(), &mut tile);
+    upper_tiles(n).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::with_capacity(COL_BLOCK)),
+        |(tile, col_worst), (rows, cols)| {
+            computer.squared_distances(rows.clone(), cols.clone(), tile);
+            // A k-th distance only ever shrinks, so a snapshot taken now is
+            // a safe screen for the whole tile: it lets through everything
+            // the live value would, and a little more, which `offer` drops.
+            col_worst.clear();
+            col_worst.extend(
+                cols.clone()
+                    .map(|c| f32::from_bits(worst[c].load(Ordering::Relaxed))),
+            );
             for (r, row) in rows.clone().enumerate() {
-                let line = &tile[r * cols.len()..(r + 1) * cols.len()];
                 // Only pairs with column > row: the rest is seen elsewhere
                 // (or is the point itself).
-                let first = (row + 1).max(cols.start);
-                for col in first..cols.end {
-                    let d = line[col - cols.start];
-                    offer(row, col, d);
-                    offer(col, row, d);
+                let first = (row + 1).max(cols.start) - cols.start;
+                if first >= cols.len() {
+                    continue;
+                }
+                let line = &tile[r * cols.len() + first..(r + 1) * cols.len()];
+                let screen = &mut col_worst[first..];
+                let mut row_worst = f32::from_bits(worst[row].load(Ordering::Relaxed));
+                for (chunk, (ds, cw)) in line
+                    .chunks(SCREEN_LANES)
+                    .zip(screen.chunks_mut(SCREEN_LANES))
+                    .enumerate()
+                {
+                    // Branch-free so that it compiles to vector compares;
+                    // almost every chunk of a tile fails it.
+                    let hit = ds
+                        .iter()
+                        .zip(cw.iter())
+                        .fold(false, |hit, (&d, &w)| hit | (d < row_worst) | (d < w));
+                    if !hit {
+                        continue;
+                    }
+                    for (offset, (&d, w)) in ds.iter().zip(cw.iter_mut()).enumerate() {
+                        let col = cols.start + first + chunk * SCREEN_LANES + offset;
+                        if d < row_worst {
+                            row_worst = offer(row, col, d);
+                        }
+                        if d < *w {
+                            *w = offer(col, row, d);
+                        }
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     let lists: Vec<NearestList> = lists.into_iter().map(Mutex::into_inner).collect();
     let (mut indices, mut distances) = (vec![0u32; n * k], vec![0f32; n * k]);
     write_lists(lists, k, &mut indices, &mut distances);
@@ -331,6 +374,23 @@ pub fn knn(points: Rows<'_>, k: usize) -> Neighbours {
         indices,
         distances,
     }
+}
+
+/// The tiles on and above the diagonal of the `n × n` pairs, each pair of
+/// indices once. Tiles rather than row blocks are the unit of parallel
+/// work: a row block meets every column block after it, so the first row
+/// blocks carry far more work than the last, and whole row blocks would leave
+/// a core idle at the end.
+fn upper_tiles(n: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    (0..n)
+        .step_by(ROW_BLOCK)
+        .flat_map(|start| {
+            let rows = start..(start + ROW_BLOCK).min(n);
+            (start..n)
+                .step_by(COL_BLOCK)
+                .map(move |s| (rows.clone(), s..(s + COL_BLOCK).min(n)))
+        })
+        .collect()
 }
 
 /// The `k` smallest squared distances offered so far, ascending.
@@ -419,27 +479,20 @@ pub fn lightest_edges_between_groups(
     let c = groups.len();
     let core_sq: Vec<f32> = core.iter().map(|v| v * v).collect();
     let computer = TileComputer::new(points);
-    let row_blocks: Vec<Range<usize>> = (0..n)
-        .step_by(ROW_BLOCK)
-        .map(|s| s..(s + ROW_BLOCK).min(n))
-        .collect();
-    let partials: Vec<Vec<(usize, usize, Edge)>> = row_blocks
+    // One accumulator per fold task, not per tile: a row's lightest edge
+    // into a group so far prunes its later tiles (see below). The matrix is
+    // filled from the row's side only and mirrored at the end.
+    let one_sided = upper_tiles(n)
         .into_par_iter()
-        .map(|rows| {
-            let first_group = group_of[rows.start];
-            let last_group = group_of[rows.end - 1];
-            let span = last_group - first_group + 1;
-            let mut best: Vec<Option<Edge>> = vec![None; span * c];
-            let mut tile = Vec::new();
-            // Symmetric: a pair is seen from the block of its smaller index.
-            for col_start in (rows.start..n).step_by(COL_BLOCK) {
-                let cols = col_start..(col_start + COL_BLOCK).min(n);
-                if first_group == last_group
-                    && group_of[cols.start] == first_group
-                    && group_of[cols.end - 1] == first_group
-                {
-                    continue;
-                }
+        .filter(|(rows, cols)| {
+            let g = group_of[rows.start];
+            !(group_of[rows.end - 1] == g
+                && group_of[cols.start] == g
+                && group_of[cols.end - 1] == g)
+        })
+        .fold(
+            || (vec![None; c * c], Vec::new()),
+            |(mut best, mut tile): (Vec<Option<Edge>>, Vec<f32>), (rows, cols)| {
                 computer.squared_distances(rows.clone(), cols.clone(), &mut tile);
                 for (r, row) in rows.clone().enumerate() {
                     let row_group = group_of[row];
@@ -448,45 +501,82 @@ pub fn lightest_edges_between_groups(
                     while c0 < cols.end {
                         let col_group = group_of[c0];
                         let run_end = groups[col_group].end.min(cols.end);
-                        if col_group != row_group {
-                            let mut lightest = f32::INFINITY;
-                            let mut at = c0;
-                            for col in c0..run_end {
-                                let w = line[col - cols.start].max(core_sq[col]);
-                                if w < lightest {
-                                    lightest = w;
-                                    at = col;
-                                }
+                        let slot = &mut best[row_group * c + col_group];
+                        // An edge from `row` weighs at least its core distance.
+                        if col_group != row_group && slot.is_none_or(|b| core_sq[row] <= b.weight) {
+                            let run = &line[c0 - cols.start..run_end - cols.start];
+                            let run_core = &core_sq[c0..run_end];
+                            let lightest = lightest_reach(run, run_core);
+                            let weight = lightest.max(core_sq[row]);
+                            if slot.is_none_or(|b| weight <= b.weight) {
+                                let at = run
+                                    .iter()
+                                    .zip(run_core)
+                                    .position(|(d, core)| d.max(*core) == lightest)
+                                    .map_or(c0, |offset| c0 + offset);
+                                let edge = Edge {
+                                    weight,
+                                    a: row as u32,
+                                    b: at as u32,
+                                };
+                                keep_lighter(slot, edge);
                             }
-                            let edge = Edge {
-                                weight: lightest.max(core_sq[row]),
-                                a: row as u32,
-                                b: at as u32,
-                            };
-                            keep_lighter(
-                                &mut best[(row_group - first_group) * c + col_group],
-                                edge,
-                            );
                         }
                         c0 = run_end;
                     }
                 }
+                (best, tile)
+            },
+        )
+        .map(|(best, _)| best)
+        .reduce_with(|mut left, right| {
+            for (slot, edge) in left.iter_mut().zip(right) {
+                if let Some(edge) = edge {
+                    keep_lighter(slot, edge);
+                }
             }
-            best.into_iter()
-                .enumerate()
-                .filter_map(|(slot, e)| e.map(|e| (first_group + slot / c, slot % c, e)))
-                .collect()
+            left
         })
-        .collect();
-    let mut matrix: Vec<Option<Edge>> = vec![None; c * c];
-    for (ga, gb, edge) in partials.into_iter().flatten() {
-        keep_lighter(&mut matrix[ga * c + gb], edge);
-        keep_lighter(&mut matrix[gb * c + ga], edge);
+        .unwrap_or_else(|| vec![None; c * c]);
+    let mut matrix = one_sided.clone();
+    for ga in 0..c {
+        for gb in 0..c {
+            if let Some(edge) = one_sided[ga * c + gb] {
+                keep_lighter(&mut matrix[gb * c + ga], edge);
+            }
+        }
     }
     for e in matrix.iter_mut().flatten() {
         e.weight = e.weight.sqrt();
     }
     Ok(matrix)
+}
+
+/// `min(max(squared[i], core_sq[i]))` over a run of columns, in independent
+/// lanes so that it compiles to vector instructions (a single running
+/// minimum would be a chain of dependent scalar compares).
+fn lightest_reach(squared: &[f32], core_sq: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut lanes = [f32::INFINITY; LANES];
+    let (d_chunks, c_chunks) = (squared.chunks_exact(LANES), core_sq.chunks_exact(LANES));
+    let (d_rest, c_rest) = (d_chunks.remainder(), c_chunks.remainder());
+    for (ds, cs) in d_chunks.zip(c_chunks) {
+        for lane in 0..LANES {
+            let w = if ds[lane] > cs[lane] {
+                ds[lane]
+            } else {
+                cs[lane]
+            };
+            if w < lanes[lane] {
+                lanes[lane] = w;
+            }
+        }
+    }
+    let mut lightest = f32::INFINITY;
+    for (d, c) in d_rest.iter().zip(c_rest).map(|(d, c)| (*d, *c)) {
+        lightest = lightest.min(d.max(c));
+    }
+    lanes.iter().fold(lightest, |m, &w| m.min(w))
 }
 
 /// For every point, the lightest mutual-reachability edge to a point of
@@ -906,7 +996,7 @@ mod tests {
         let data = lcg_points(n, dim, 7);
         let points = Rows::new(&data, dim).unwrap();
         let found = knn(points, k);
-        for i in [0, 1, 255, 256, 1000, 2047, 2048, 2299] {
+        for i in [0, 1, 255, 256, 511, 512, 1000, 1024, 2047, 2048, 2299] {
             let mut all: Vec<(f64, usize)> = (0..n)
                 .filter(|&j| j != i)
                 .map(|j| (brute_sq(&points, i, j), j))

@@ -1,13 +1,17 @@
 //! `pulse serve` configuration: flags, `PULSE_*` environment variables and
 //! an optional TOML file, in that order of precedence.
 
+use crate::summaries::SummaryConfig;
+use crate::summaries::provider::{Anthropic, Endpoint, OpenAiCompatible, Provider};
 use anyhow::{Context, bail};
 use clap::{Args, Parser};
 use pulse_models::{DEFAULT_MODEL, DTypeSpec, DeviceSpec, EmbedderOptions, EncoderKind};
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -89,6 +93,147 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "PULSE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+/// The LLM summary path. Without `--llm-base-url` there is no provider and
+/// trends carry only their extractive summary.
+#[derive(Args, Debug, Clone)]
+pub struct LlmArgs {
+    /// Base URL of the provider's API, up to its version segment
+    /// (e.g. `https://host/v1`).
+    #[arg(long, env = "PULSE_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    /// openai (chat completions, also what most gateways and local servers
+    /// speak) or anthropic (messages).
+    #[arg(long, env = "PULSE_LLM_PROVIDER", default_value = "openai")]
+    pub llm_provider: LlmProviderKind,
+    /// The model the provider should use.
+    #[arg(long, env = "PULSE_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    /// API key (prefer this environment variable or --llm-api-key-file;
+    /// never logged).
+    #[arg(long, env = "PULSE_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// File whose first line is the API key.
+    #[arg(long, env = "PULSE_LLM_API_KEY_FILE")]
+    pub llm_api_key_file: Option<PathBuf>,
+    /// Prompt template (TOML: version, system, user) replacing the shipped one.
+    #[arg(long, env = "PULSE_LLM_PROMPT_FILE")]
+    pub llm_prompt_file: Option<PathBuf>,
+    /// Provider calls in flight at once.
+    #[arg(long, env = "PULSE_LLM_CONCURRENCY", default_value = "2")]
+    pub llm_concurrency: NonZeroUsize,
+    /// Trends that may wait for a summary; beyond it a summary fails as "queue full".
+    #[arg(long, env = "PULSE_LLM_QUEUE_CAPACITY", default_value = "1024")]
+    pub llm_queue_capacity: NonZeroUsize,
+    /// Seconds one call may take before it counts as failed.
+    #[arg(long, env = "PULSE_LLM_TIMEOUT_SECS", default_value = "60")]
+    pub llm_timeout_secs: NonZeroU64,
+    /// Calls per summary when the provider fails transiently (429, 5xx,
+    /// network, timeout).
+    #[arg(long, env = "PULSE_LLM_MAX_ATTEMPTS", default_value = "4")]
+    pub llm_max_attempts: NonZeroU32,
+    /// First back-off between attempts in milliseconds; doubles each time,
+    /// with jitter, up to --llm-retry-max-ms (a longer Retry-After wins).
+    #[arg(long, env = "PULSE_LLM_RETRY_BASE_MS", default_value = "500")]
+    pub llm_retry_base_ms: u64,
+    #[arg(long, env = "PULSE_LLM_RETRY_MAX_MS", default_value = "60000")]
+    pub llm_retry_max_ms: u64,
+    /// Longest answer, in tokens.
+    #[arg(long, env = "PULSE_LLM_MAX_TOKENS", default_value = "400")]
+    pub llm_max_tokens: NonZeroU32,
+    /// Requests per minute (0: no limit).
+    #[arg(long, env = "PULSE_LLM_REQUESTS_PER_MINUTE", default_value = "60")]
+    pub llm_requests_per_minute: u32,
+    /// Tokens (prompt and answer) per minute (0: no limit).
+    #[arg(long, env = "PULSE_LLM_TOKENS_PER_MINUTE", default_value = "100000")]
+    pub llm_tokens_per_minute: u32,
+    /// Consecutive failed calls that pause the queue.
+    #[arg(long, env = "PULSE_LLM_BREAKER_FAILURES", default_value = "5")]
+    pub llm_breaker_failures: NonZeroU32,
+    /// Milliseconds the queue stays paused before one trial call.
+    #[arg(long, env = "PULSE_LLM_BREAKER_COOL_DOWN_MS", default_value = "30000")]
+    pub llm_breaker_cool_down_ms: u64,
+    /// A trend that kept its id keeps its summary while at least this share
+    /// of its members (Jaccard) stays the same...
+    #[arg(long, env = "PULSE_LLM_MEMBER_OVERLAP", default_value = "0.8")]
+    pub llm_member_overlap: f64,
+    /// ...and at least this share of its keywords.
+    #[arg(long, env = "PULSE_LLM_KEYWORD_OVERLAP", default_value = "0.6")]
+    pub llm_keyword_overlap: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LlmProviderKind {
+    Openai,
+    Anthropic,
+}
+
+impl LlmArgs {
+    /// The API key from the flag, the environment or the file.
+    pub fn api_key(&self) -> anyhow::Result<Option<String>> {
+        if let Some(key) = &self.llm_api_key {
+            return Ok(Some(key.trim().to_string()));
+        }
+        let Some(path) = &self.llm_api_key_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API key file {}", path.display()))?;
+        let key = text.lines().next().unwrap_or_default().trim();
+        if key.is_empty() {
+            bail!("the API key file {} is empty", path.display());
+        }
+        Ok(Some(key.to_string()))
+    }
+
+    pub fn summary_config(&self) -> anyhow::Result<SummaryConfig> {
+        for (name, share) in [
+            ("--llm-member-overlap", self.llm_member_overlap),
+            ("--llm-keyword-overlap", self.llm_keyword_overlap),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                bail!("{name} must be between 0 and 1, not {share}");
+            }
+        }
+        Ok(SummaryConfig {
+            concurrency: self.llm_concurrency.get(),
+            queue_capacity: self.llm_queue_capacity.get(),
+            max_attempts: self.llm_max_attempts.get(),
+            retry_base: Duration::from_millis(self.llm_retry_base_ms),
+            retry_max: Duration::from_millis(self.llm_retry_max_ms.max(self.llm_retry_base_ms)),
+            max_tokens: self.llm_max_tokens.get(),
+            requests_per_minute: self.llm_requests_per_minute,
+            tokens_per_minute: self.llm_tokens_per_minute,
+            breaker_failures: self.llm_breaker_failures.get(),
+            breaker_cool_down: Duration::from_millis(self.llm_breaker_cool_down_ms),
+            member_overlap: self.llm_member_overlap,
+            keyword_overlap: self.llm_keyword_overlap,
+        })
+    }
+
+    /// The configured provider, or `None` without `--llm-base-url`.
+    pub fn provider(&self) -> anyhow::Result<Option<Arc<dyn Provider>>> {
+        let Some(base_url) = &self.llm_base_url else {
+            return Ok(None);
+        };
+        let Some(model) = &self.llm_model else {
+            bail!("--llm-base-url needs --llm-model");
+        };
+        let endpoint = Endpoint {
+            base_url: base_url.clone(),
+            model: model.clone(),
+            api_key: self.api_key()?,
+            timeout: Duration::from_secs(self.llm_timeout_secs.get()),
+        };
+        let provider: Arc<dyn Provider> = match self.llm_provider {
+            LlmProviderKind::Openai => Arc::new(OpenAiCompatible::new(endpoint)?),
+            LlmProviderKind::Anthropic => Arc::new(Anthropic::new(endpoint)?),
+        };
+        Ok(Some(provider))
+    }
 }
 
 /// How to run models; shared by every command that loads one.
@@ -264,6 +409,36 @@ mod tests {
         assert_eq!(args.max_batch_texts.get(), 3, "the flag wins over the file");
         assert_eq!(args.model_specs().unwrap().len(), 2);
         assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn llm_settings_come_from_flags_and_a_key_file() {
+        let args = parse(&[]).unwrap();
+        assert!(args.llm.provider().unwrap().is_none());
+        let no_model = parse(&["--llm-base-url", "http://127.0.0.1:1/v1"]).unwrap();
+        let err = no_model.llm.provider().err().unwrap().to_string();
+        assert!(err.contains("--llm-model"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk-from-file\nignored\n").unwrap();
+        let args = parse(&[
+            "--llm-base-url",
+            "http://127.0.0.1:1/v1",
+            "--llm-model",
+            "m",
+            "--llm-provider",
+            "anthropic",
+            "--llm-api-key-file",
+            key.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(args.llm.api_key().unwrap().as_deref(), Some("sk-from-file"));
+        let provider = args.llm.provider().unwrap().unwrap();
+        assert_eq!((provider.name(), provider.model()), ("anthropic", "m"));
+        let bad = parse(&["--llm-member-overlap", "1.5"]).unwrap();
+        assert!(bad.llm.summary_config().is_err());
+        std::fs::write(&key, "\n").unwrap();
+        assert!(args.llm.api_key().is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod http;
 pub mod models;
 pub mod signals;
+pub mod summaries;
 pub mod trends;
 
 use crate::batcher::BatcherConfig;
@@ -58,6 +59,12 @@ impl Server {
     pub async fn start(args: &ServeArgs) -> anyhow::Result<Server> {
         let metrics = metrics_handle()?;
         let specs = args.model_specs()?;
+        // Checked before the models load: a bad LLM setting should not cost
+        // a minute of loading first.
+        let llm_provider = args.llm.provider()?;
+        let summary_config = args.llm.summary_config()?;
+        let prompt_template =
+            summaries::prompt::PromptTemplate::load(args.llm.llm_prompt_file.as_deref())?;
         let embedder_options = args.engine.embedder_options();
         let batching = BatcherConfig {
             max_batch_tokens: args.max_batch_tokens.get(),
@@ -137,10 +144,23 @@ impl Server {
                 stopped.clone(),
             ))
         });
+        let (summariser, summary_workers) = match llm_provider.map(|provider| {
+            tracing::info!(provider = provider.name(), model = provider.model(), prompt = %prompt_template.version, "LLM summaries on");
+            summaries::Summariser::start(
+                provider,
+                prompt_template,
+                store.clone(),
+                summary_config,
+                stopped.clone(),
+            )
+        }) {
+            Some((summariser, workers)) => (Some(summariser), workers),
+            None => (None, Vec::new()),
+        };
         let trend_service = TrendServiceServer::new(TrendApi {
             registry: registry.clone(),
             store: store.clone(),
-            jobs: Jobs::new(store.clone(), args.cluster_jobs.get()),
+            jobs: Jobs::new(store.clone(), args.cluster_jobs.get(), summariser),
         })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -210,6 +230,11 @@ impl Server {
             let (grpc_result, http_result, ()) = tokio::join!(grpc, async { http.await }, warm_up);
             if let Some(maintenance) = maintenance {
                 let _ = maintenance.await;
+            }
+            // Summary workers stop at once (a pending summary stays pending);
+            // they hold the store, which must be closed before we return.
+            for worker in summary_workers {
+                let _ = worker.await;
             }
             // Both servers have answered what they accepted; dropping the last
             // handles lets each model worker finish its queue and stop.

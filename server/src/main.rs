@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC and HTTP service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Embed texts from JSON lines or plain lines into JSON lines.
     Embed(commands::embed::EmbedArgs),
     /// Stream a JSON-lines file of signals to a running server.
@@ -66,7 +66,7 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Embed(args) => {
             init_logging(LogFormat::Text);
             commands::embed::run(args)

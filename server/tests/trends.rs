@@ -3,8 +3,10 @@
 
 mod common;
 
+use common::fake_llm::{Answer, FakeLlm};
 use common::{channel, members, start, succeeded};
 use pulse_proto::v1 as pb;
+use pulse_proto::v1::embedding_service_client::EmbeddingServiceClient;
 use pulse_proto::v1::signal_service_client::SignalServiceClient;
 use pulse_proto::v1::trend_service_client::TrendServiceClient;
 use std::collections::{HashMap, HashSet};
@@ -190,6 +192,10 @@ async fn reclustering_finds_the_topics_and_keeps_their_ids() {
     assert_eq!(clustered + listed.run.as_ref().unwrap().noise, 48);
     for trend in &listed.trends {
         assert_eq!(trend.origin, pb::TrendOrigin::New as i32);
+        // No provider: the extractive summary stands alone.
+        let llm = trend.llm_summary.as_ref().unwrap();
+        assert_eq!(llm.status, pb::LlmSummaryStatus::NotConfigured as i32);
+        assert_eq!(llm.reason, "no LLM provider is configured");
         assert_eq!(trend.centroid.len(), 384);
         assert!(!trend.representatives.is_empty());
         assert_eq!(
@@ -370,10 +376,354 @@ async fn bad_trend_requests_get_precise_statuses() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 
+    let status = api
+        .regenerate_summary(pb::RegenerateSummaryRequest {
+            brand: "acme".into(),
+            trend_id: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("--llm-base-url"),
+        "{}",
+        status.message()
+    );
+
     // A window with no signals is a job that succeeds with no trends.
     let job = submit(&mut api, "").await;
     let done = succeeded(&mut api, &job).await;
     assert_eq!((done.signals, done.trends), (0, 0));
     assert!(latest(&mut api).await.trends.is_empty());
+    server.shutdown().await.unwrap();
+}
+
+/// A server whose summaries go to `fake` as `model`, with the API key in a
+/// file, and retries short enough for a test; the key's directory lives as
+/// long as the caller keeps it.
+async fn start_with_llm(
+    fake: &FakeLlm,
+    model: &str,
+    extra: &[&str],
+) -> (common::Running, tempfile::TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("key");
+    std::fs::write(&key_file, "sk-test-key\n").unwrap();
+    let base = fake.base_url();
+    let mut flags = vec![
+        "--llm-base-url",
+        &base,
+        "--llm-model",
+        model,
+        "--llm-api-key-file",
+        key_file.to_str().unwrap(),
+        "--llm-retry-base-ms",
+        "50",
+        "--llm-retry-max-ms",
+        "2000",
+    ];
+    flags.extend_from_slice(extra);
+    (start(&flags).await, keys)
+}
+
+async fn ingest_topics(server: &common::Running, topics: std::ops::Range<usize>) {
+    let mut signals = SignalServiceClient::new(channel(server).await);
+    signals
+        .ingest(pb::IngestRequest {
+            signals: topics.flat_map(topic_signals).collect(),
+            model: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+fn llm(trend: &pb::Trend) -> &pb::LlmSummary {
+    trend
+        .llm_summary
+        .as_ref()
+        .expect("every trend has an LLM summary record")
+}
+
+/// The latest run's trends once none of their summaries is pending.
+async fn summaries_settled(api: &mut TrendServiceClient<Channel>) -> pb::ListTrendsResponse {
+    for _ in 0..600 {
+        let listed = latest(api).await;
+        if listed
+            .trends
+            .iter()
+            .all(|t| llm(t).status != pb::LlmSummaryStatus::Pending as i32)
+        {
+            return listed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("summaries still pending after 30 s");
+}
+
+async fn metrics_text(server: &common::Running) -> String {
+    let url = format!("http://{}/metrics", server.http_addr);
+    tokio::task::spawn_blocking(move || ureq::get(&url).call().unwrap().into_string().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The breaker gauge of the summariser that talks to `model`.
+async fn breaker_state(server: &common::Running, model: &str) -> Option<f64> {
+    let label = format!("model=\"{model}\"");
+    metrics_text(server)
+        .await
+        .lines()
+        .find(|l| l.starts_with("pulse_llm_breaker_state{") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_summaries_are_retried_stored_and_not_asked_twice() {
+    let fake = FakeLlm::start(Answer::Good).await;
+    // One of each transient trouble first: 429 (wait 1 s), 500, and one
+    // malformed answer (retried once).
+    fake.script(&[
+        Answer::RateLimited {
+            retry_after_secs: 1,
+        },
+        Answer::ServerError,
+        Answer::Malformed,
+    ]);
+    let (server, _keys) = start_with_llm(
+        &fake,
+        "fake-model",
+        &["--llm-concurrency", "1", "--llm-timeout-secs", "5"],
+    )
+    .await;
+    ingest_topics(&server, 0..3).await;
+    let mut api = TrendServiceClient::new(channel(&server).await);
+
+    let job = submit(&mut api, "llm-1").await;
+    let done = succeeded(&mut api, &job).await;
+    assert_eq!(done.trends, 3);
+    let listed = summaries_settled(&mut api).await;
+    let topics = by_topic(&listed);
+    for trend in &listed.trends {
+        let summary = llm(trend);
+        assert_eq!(
+            summary.status,
+            pb::LlmSummaryStatus::Done as i32,
+            "{summary:?}"
+        );
+        // The prompt carried the trend's keywords; the answer echoes one.
+        assert_eq!(summary.title, format!("About {}", trend.keywords[0].term));
+        assert_eq!(summary.sentiment, "negative");
+        assert_eq!(
+            (summary.provider.as_str(), summary.model.as_str()),
+            ("openai", "fake-model")
+        );
+        assert_eq!(summary.prompt_version, "trend-summary/1");
+        assert_eq!(summary.tokens_in % 120, 0);
+        assert!(summary.tokens_in >= 120 && summary.tokens_out >= 30);
+        assert!(summary.reused_from_run.is_empty());
+    }
+    let calls = fake.calls();
+    // 3 good answers, 1 rate limited, 1 server error, 1 malformed.
+    assert_eq!(calls.len(), 6);
+    assert_eq!(
+        listed.trends.iter().map(|t| llm(t).attempts).sum::<u32>(),
+        6,
+        "every call is counted against its trend"
+    );
+    // Retry-After (1 s) was honoured, not the 50 ms back-off.
+    assert!(calls[1].at - calls[0].at >= std::time::Duration::from_millis(950));
+    for call in &calls {
+        assert_eq!(call.authorization.as_deref(), Some("Bearer sk-test-key"));
+        assert_eq!(call.body["model"], "fake-model");
+    }
+
+    // The same data again: every trend keeps its summary, no new calls.
+    let job = submit(&mut api, "llm-2").await;
+    succeeded(&mut api, &job).await;
+    let again = latest(&mut api).await;
+    assert_eq!(by_topic(&again), topics);
+    for trend in &again.trends {
+        let summary = llm(trend);
+        assert_eq!(summary.status, pb::LlmSummaryStatus::Done as i32);
+        assert_eq!(summary.reused_from_run, done.run_id);
+    }
+    assert_eq!(fake.calls().len(), 6, "unchanged trends cost no calls");
+
+    // Forced: one more call, and a malformed answer twice is a failure
+    // that keeps the raw text.
+    let battery = topics["battery"];
+    fake.script(&[Answer::Malformed, Answer::Malformed]);
+    let pending = api
+        .regenerate_summary(pb::RegenerateSummaryRequest {
+            brand: "acme".into(),
+            trend_id: battery,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(llm(&pending).status, pb::LlmSummaryStatus::Pending as i32);
+    let settled = summaries_settled(&mut api).await;
+    let failed = settled.trends.iter().find(|t| t.id == battery).unwrap();
+    let summary = llm(failed);
+    assert_eq!(summary.status, pb::LlmSummaryStatus::Failed as i32);
+    assert!(
+        summary.reason.contains("malformed answer"),
+        "{}",
+        summary.reason
+    );
+    assert!(summary.raw_response.contains("Here is a summary"));
+    assert_eq!(summary.attempts, 2);
+    assert_eq!(fake.calls().len(), 8);
+    let (_, trend) = members(&mut api, "acme", battery, 100).await;
+    assert_eq!(llm(&trend).status, pb::LlmSummaryStatus::Failed as i32);
+
+    let metrics = metrics_text(&server).await;
+    for line in [
+        "pulse_llm_requests_total{outcome=\"ok\"}",
+        "pulse_llm_requests_total{outcome=\"rate_limited\"}",
+        "pulse_llm_requests_total{outcome=\"server_error\"}",
+        "pulse_llm_requests_total{outcome=\"malformed\"}",
+        "pulse_llm_tokens_total{direction=\"in\"}",
+        "pulse_llm_request_seconds",
+        "pulse_llm_queue_length",
+        "pulse_llm_breaker_state",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_provider_opens_the_breaker_until_it_recovers() {
+    let fake = FakeLlm::start(Answer::ServerError).await;
+    let (server, _keys) = start_with_llm(
+        &fake,
+        "failing-model",
+        &[
+            "--llm-concurrency",
+            "1",
+            "--llm-max-attempts",
+            "2",
+            "--llm-breaker-failures",
+            "2",
+            "--llm-breaker-cool-down-ms",
+            "1500",
+            "--llm-timeout-secs",
+            "5",
+        ],
+    )
+    .await;
+    ingest_topics(&server, 0..2).await;
+    let mut api = TrendServiceClient::new(channel(&server).await);
+    let job = submit(&mut api, "failing").await;
+    succeeded(&mut api, &job).await;
+    let listed = summaries_settled(&mut api).await;
+    for trend in &listed.trends {
+        let summary = llm(trend);
+        assert_eq!(summary.status, pb::LlmSummaryStatus::Failed as i32);
+        assert!(
+            summary.reason.contains("HTTP 500") && summary.reason.contains("after 2 attempts"),
+            "{}",
+            summary.reason
+        );
+    }
+    // Two trends, two attempts each; after the first two failures the
+    // breaker held the queue for its cool-down before the trial call.
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 4);
+    assert!(calls[2].at - calls[1].at >= std::time::Duration::from_millis(1400));
+    assert_eq!(breaker_state(&server, "failing-model").await, Some(1.0));
+
+    // The provider recovers: the trial call closes the breaker.
+    fake.otherwise(Answer::Good);
+    let trend_id = listed.trends[0].id;
+    api.regenerate_summary(pb::RegenerateSummaryRequest {
+        brand: "acme".into(),
+        trend_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let settled = summaries_settled(&mut api).await;
+    let recovered = settled.trends.iter().find(|t| t.id == trend_id).unwrap();
+    assert_eq!(llm(recovered).status, pb::LlmSummaryStatus::Done as i32);
+    assert_eq!(breaker_state(&server, "failing-model").await, Some(0.0));
+    server.shutdown().await.unwrap();
+}
+
+/// Embed round-trip times of `n` short requests, sorted; `tag` keeps the
+/// texts of one call apart from another's (the cache would answer repeats).
+async fn embed_latencies(
+    server: &common::Running,
+    n: usize,
+    tag: &str,
+) -> Vec<std::time::Duration> {
+    let mut embed = EmbeddingServiceClient::new(channel(server).await);
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = std::time::Instant::now();
+        embed
+            .embed(pb::EmbedRequest {
+                inputs: vec![pb::EmbedInput {
+                    text: format!("is the battery any good, {tag} take {i}"),
+                    id: String::new(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_provider_slows_neither_embedding_nor_jobs() {
+    let fake = FakeLlm::start(Answer::Hang).await;
+    // Long timeouts: the calls hang for the whole test.
+    let (server, _keys) = start_with_llm(
+        &fake,
+        "hanging-model",
+        &["--llm-timeout-secs", "600", "--llm-concurrency", "2"],
+    )
+    .await;
+    ingest_topics(&server, 0..3).await;
+    let before = embed_latencies(&server, 60, "before").await;
+
+    let mut api = TrendServiceClient::new(channel(&server).await);
+    let job = submit(&mut api, "hanging").await;
+    let done = succeeded(&mut api, &job).await;
+    assert_eq!(done.trends, 3, "the job ends when its trends are stored");
+    for _ in 0..100 {
+        if fake.calls().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.calls().len(), 2, "both workers are stuck in a call");
+    let during = embed_latencies(&server, 60, "during").await;
+    let listed = latest(&mut api).await;
+    assert!(
+        listed
+            .trends
+            .iter()
+            .all(|t| llm(t).status == pb::LlmSummaryStatus::Pending as i32)
+    );
+    // A second job is not held up by the stuck summaries either.
+    let job = submit(&mut api, "hanging-2").await;
+    succeeded(&mut api, &job).await;
+
+    let p99 = |times: &[std::time::Duration]| times[times.len() * 99 / 100];
+    let (quiet, busy) = (p99(&before), p99(&during));
+    eprintln!("Embed p99: {quiet:?} without a provider call in flight, {busy:?} with two hanging");
+    // Generous (a 2-core machine shares its cores with the test itself);
+    // a blocked path would take the whole 600 s timeout.
+    assert!(
+        busy <= quiet * 3 + std::time::Duration::from_millis(100),
+        "Embed p99 {busy:?} with the provider hanging, {quiet:?} without"
+    );
     server.shutdown().await.unwrap();
 }

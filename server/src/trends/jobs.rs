@@ -5,7 +5,8 @@
 //! signal's label and stores the run. Jobs live in memory: a restart
 //! forgets them, not the runs they stored.
 
-use super::records::{self, ParamsRecord, RepresentativeRecord, RunRecord, TrendRecord};
+use super::records::{self, LlmRecord, ParamsRecord, RepresentativeRecord, RunRecord, TrendRecord};
+use crate::summaries::{self, Summariser};
 use parking_lot::Mutex;
 use pulse_proto::v1 as pb;
 use pulse_store::{PointRecord, SignalFilter, StoreError, VectorStore};
@@ -13,7 +14,7 @@ use pulse_trends::lineage::{self, MatchThresholds, Origin, PreviousTrend};
 use pulse_trends::summary::{self, SignalFacts, SummaryParams};
 use pulse_trends::{HdbscanError, Metric, Params};
 use serde_json::{Map, Value, json};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, watch};
@@ -92,6 +93,7 @@ pub struct Jobs {
     store: Arc<dyn VectorStore>,
     table: Arc<Mutex<JobTable>>,
     slots: Arc<Semaphore>,
+    summaries: Option<Summariser>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -111,12 +113,23 @@ pub(crate) fn ended(state: i32) -> bool {
 }
 
 impl Jobs {
-    pub fn new(store: Arc<dyn VectorStore>, concurrency: usize) -> Self {
+    /// `summaries`: where finished trends go for LLM summaries; `None`
+    /// when no provider is configured.
+    pub fn new(
+        store: Arc<dyn VectorStore>,
+        concurrency: usize,
+        summaries: Option<Summariser>,
+    ) -> Self {
         Jobs {
             store,
             table: Arc::default(),
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            summaries,
         }
+    }
+
+    pub fn summaries(&self) -> Option<&Summariser> {
+        self.summaries.as_ref()
     }
 
     /// Queues a job, or returns the one this idempotency key already made.
@@ -206,6 +219,7 @@ impl Jobs {
                 });
                 let work = execute(
                     self.store.as_ref(),
+                    self.summaries.as_ref(),
                     &spec,
                     &handle.status,
                     cancelled.clone(),
@@ -316,6 +330,7 @@ async fn load(
 
 async fn execute(
     store: &dyn VectorStore,
+    summariser: Option<&Summariser>,
     spec: &JobSpec,
     status: &watch::Sender<pb::Job>,
     cancelled: watch::Receiver<bool>,
@@ -352,6 +367,7 @@ async fn execute(
     };
     finish(
         store,
+        summariser,
         spec,
         status,
         &cancelled,
@@ -362,10 +378,18 @@ async fn execute(
             labels,
             probabilities,
         },
-        previous,
-        previous_trends,
+        Previous {
+            run: previous,
+            trends: previous_trends,
+        },
     )
     .await
+}
+
+/// The brand's last finished run, if any, and its trends.
+struct Previous {
+    run: Option<RunRecord>,
+    trends: Vec<TrendRecord>,
 }
 
 struct Clustered {
@@ -388,13 +412,17 @@ fn origin_name(origin: Origin) -> &'static str {
 /// Summarises, names and stores what clustering found.
 async fn finish(
     store: &dyn VectorStore,
+    summariser: Option<&Summariser>,
     spec: &JobSpec,
     status: &watch::Sender<pb::Job>,
     cancelled: &watch::Receiver<bool>,
     clustered: Clustered,
-    previous: Option<RunRecord>,
-    previous_trends: Vec<TrendRecord>,
+    previous: Previous,
 ) -> Result<(), JobError> {
+    let Previous {
+        run: previous,
+        trends: previous_trends,
+    } = previous;
     if *cancelled.borrow() {
         return Err(JobError::Cancelled);
     }
@@ -499,8 +527,21 @@ async fn finish(
             origin: origin_name(identity.origin).to_string(),
             parents: identity.parents.clone(),
             centroid: s.centroid,
+            llm: None,
         })
         .collect();
+    let mut trends = trends;
+    let new_labels: Vec<Option<i64>> = labels
+        .iter()
+        .map(|&l| usize::try_from(l).ok().map(|l| identities[l].id))
+        .collect();
+    let to_summarise = assign_summaries(
+        summariser,
+        &mut trends,
+        &previous_trends,
+        &previous_labels,
+        &new_labels,
+    );
     let noise = labels.iter().filter(|&&l| l < 0).count() as u64;
     status.send_modify(|job| {
         job.trends = trends.len() as u32;
@@ -549,11 +590,101 @@ async fn finish(
     };
     let direction = summary::unit_mean(vectors.chunks_exact(dim.max(1)), dim);
     records::save_run(store, dim, &run, &trends, &direction).await?;
+    if let Some(summariser) = summariser {
+        for trend_id in to_summarise {
+            summariser
+                .enqueue(summaries::Task {
+                    brand: spec.brand.clone(),
+                    model: spec.model.clone(),
+                    dimension: dim,
+                    run_id: run_id.clone(),
+                    trend_id,
+                    forced: false,
+                })
+                .await;
+        }
+    }
     status.send_modify(|job| {
         job.stage = pb::JobStage::Done as i32;
         job.run_id = run_id.clone();
     });
     Ok(())
+}
+
+/// Gives each trend its LLM summary record: "not configured" without a
+/// provider; the previous run's summary when the trend kept its id and
+/// changed too little (members and keywords) to need a new one; pending
+/// otherwise. Returns the ids of the pending trends.
+fn assign_summaries(
+    summariser: Option<&Summariser>,
+    trends: &mut [TrendRecord],
+    previous_trends: &[TrendRecord],
+    previous_labels: &[Option<i64>],
+    new_labels: &[Option<i64>],
+) -> Vec<i64> {
+    let Some(summariser) = summariser else {
+        let record = LlmRecord::not_configured(now_ms());
+        for trend in trends {
+            trend.llm = Some(record.clone());
+        }
+        return Vec::new();
+    };
+    let member_sets = |labels: &[Option<i64>]| {
+        let mut sets: HashMap<i64, HashSet<usize>> = HashMap::new();
+        for (i, label) in labels.iter().enumerate() {
+            if let Some(id) = label {
+                sets.entry(*id).or_default().insert(i);
+            }
+        }
+        sets
+    };
+    let (before, after) = (member_sets(previous_labels), member_sets(new_labels));
+    let none = HashSet::new();
+    let keywords = |trend: &TrendRecord| -> HashSet<String> {
+        trend
+            .keywords
+            .iter()
+            .map(|(term, _)| term.clone())
+            .collect()
+    };
+    let mut pending = Vec::new();
+    for trend in trends {
+        let previous = previous_trends
+            .iter()
+            .find(|p| p.trend_id == trend.trend_id)
+            .filter(|p| {
+                p.llm
+                    .as_ref()
+                    .is_some_and(|l| l.status == records::LlmStatus::Done)
+            });
+        let kept = previous.and_then(|previous| {
+            let member_overlap = summaries::jaccard(
+                before.get(&trend.trend_id).unwrap_or(&none),
+                after.get(&trend.trend_id).unwrap_or(&none),
+            );
+            let keyword_overlap = summaries::jaccard(&keywords(previous), &keywords(trend));
+            summaries::unchanged(member_overlap, keyword_overlap, summariser.config()).then(
+                || {
+                    let mut llm = previous.llm.clone()?;
+                    if llm.reused_from_run.is_empty() {
+                        llm.reused_from_run = previous.run_id.clone();
+                    }
+                    Some(llm)
+                },
+            )?
+        });
+        match kept {
+            Some(llm) => {
+                metrics::counter!("pulse_llm_summaries_total", "status" => "reused").increment(1);
+                trend.llm = Some(llm);
+            }
+            None => {
+                trend.llm = Some(summariser.pending());
+                pending.push(trend.trend_id);
+            }
+        }
+    }
+    pending
 }
 
 #[cfg(test)]
@@ -690,7 +821,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_labels_every_signal_and_stores_its_run() {
         let (_dir, store) = store_with_signals("acme").await;
-        let jobs = Jobs::new(store.clone(), 1);
+        let jobs = Jobs::new(store.clone(), 1, None);
         let job = jobs.submit(spec("acme", "k1"));
         assert_eq!(
             jobs.submit(spec("acme", "k1")).id,
@@ -749,7 +880,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn empty_and_single_signal_windows_succeed_without_trends() {
         let (_dir, store) = store_with_signals("acme").await;
-        let jobs = Jobs::new(store.clone(), 1);
+        let jobs = Jobs::new(store.clone(), 1, None);
         let mut empty = spec("nobody", "");
         empty.window = (0, 10);
         let done = until_ended(&jobs, &jobs.submit(empty).id).await;
@@ -766,7 +897,7 @@ mod tests {
     async fn one_job_per_brand_runs_the_others_queue_and_both_can_be_cancelled() {
         let (_dir, store) = store_with_signals("acme").await;
         store.hold_scrolls.store(true, Ordering::Release);
-        let jobs = Jobs::new(store.clone(), 4);
+        let jobs = Jobs::new(store.clone(), 4, None);
         let first = jobs.submit(spec("acme", ""));
         let second = jobs.submit(spec("acme", ""));
         let mut status = jobs.watch(&first.id).unwrap();
@@ -802,7 +933,7 @@ mod tests {
     async fn a_store_failure_fails_the_job_with_the_reason_and_stores_no_run() {
         let (_dir, store) = store_with_signals("acme").await;
         store.fail_labels.store(true, Ordering::Release);
-        let jobs = Jobs::new(store.clone(), 1);
+        let jobs = Jobs::new(store.clone(), 1, None);
         let done = until_ended(&jobs, &jobs.submit(spec("acme", "")).id).await;
         assert_eq!(done.state, pb::JobState::Failed as i32);
         assert!(done.error.contains("disk full"), "{}", done.error);

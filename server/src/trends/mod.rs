@@ -1,8 +1,8 @@
 //! `pulse.v1.TrendService`: re-clustering jobs for schedulers, and the
 //! trends they stored for dashboards and the summary path.
 
-mod jobs;
-mod records;
+pub(crate) mod jobs;
+pub(crate) mod records;
 
 pub use jobs::{JobSpec, Jobs};
 
@@ -11,7 +11,7 @@ use crate::signals::{millis, store_status, stored_signal, timestamp};
 use pulse_proto::v1 as pb;
 use pulse_store::{FieldValue, SignalFilter, VectorStore};
 use pulse_trends::{Params, Selection};
-use records::{ParamsRecord, RunRecord, TrendRecord};
+use records::{LlmRecord, LlmStatus, ParamsRecord, RunRecord, TrendRecord};
 use serde_json::Value;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -192,6 +192,7 @@ fn trend_message(trend: TrendRecord) -> pb::Trend {
         growth: trend.growth,
         origin: origin_message(&trend.origin) as i32,
         parents: trend.parents,
+        llm_summary: Some(llm_message(trend.llm)),
     }
 }
 
@@ -204,6 +205,66 @@ impl TrendApi {
 
     fn job_id<'a>(&self, request: &'a pb::JobRequest) -> Result<&'a str, Status> {
         required(&request.job_id, "job_id")
+    }
+
+    /// A stored trend, from `run_id` or (empty) the latest run holding it.
+    async fn find_trend(
+        &self,
+        brand: &str,
+        model: &ServedModel,
+        trend_id: i64,
+        run_id: &str,
+    ) -> Result<TrendRecord, Status> {
+        let run_id = (!run_id.is_empty()).then_some(run_id);
+        records::trend(
+            self.store.as_ref(),
+            &model.name,
+            model.info().dimension,
+            brand,
+            trend_id,
+            run_id,
+        )
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "brand `{brand}` has no trend {trend_id}{}",
+                run_id.map(|r| format!(" in run `{r}`")).unwrap_or_default()
+            ))
+        })
+    }
+}
+
+fn llm_message(llm: Option<LlmRecord>) -> pb::LlmSummary {
+    let Some(llm) = llm else {
+        return pb::LlmSummary {
+            status: pb::LlmSummaryStatus::NotConfigured as i32,
+            reason: "stored before LLM summaries existed".into(),
+            ..Default::default()
+        };
+    };
+    let status = match llm.status {
+        LlmStatus::NotConfigured => pb::LlmSummaryStatus::NotConfigured,
+        LlmStatus::Pending => pb::LlmSummaryStatus::Pending,
+        LlmStatus::Done => pb::LlmSummaryStatus::Done,
+        LlmStatus::Failed => pb::LlmSummaryStatus::Failed,
+    };
+    pb::LlmSummary {
+        status: status as i32,
+        title: llm.title,
+        summary: llm.summary,
+        sentiment: llm.sentiment,
+        suggested_action: llm.suggested_action,
+        provider: llm.provider,
+        model: llm.model,
+        prompt_version: llm.prompt_version,
+        tokens_in: llm.tokens_in,
+        tokens_out: llm.tokens_out,
+        attempts: llm.attempts,
+        reason: llm.reason,
+        raw_response: llm.raw_response,
+        updated: Some(timestamp(llm.updated_ms)),
+        reused_from_run: llm.reused_from_run,
     }
 }
 
@@ -290,6 +351,45 @@ impl pb::trend_service_server::TrendService for TrendApi {
             .ok_or_else(|| no_job(id))
     }
 
+    async fn regenerate_summary(
+        &self,
+        request: Request<pb::RegenerateSummaryRequest>,
+    ) -> Result<Response<pb::Trend>, Status> {
+        let request = request.into_inner();
+        let brand = required(&request.brand, "brand")?;
+        let model = self.model(&request.model)?;
+        let Some(summariser) = self.jobs.summaries() else {
+            return Err(Status::failed_precondition(
+                "no LLM provider is configured (start the server with --llm-base-url and --llm-model)",
+            ));
+        };
+        let mut trend = self
+            .find_trend(brand, &model, request.trend_id, &request.run_id)
+            .await?;
+        let pending = summariser.pending();
+        records::set_llm(
+            self.store.as_ref(),
+            &model.name,
+            &trend.run_id,
+            trend.trend_id,
+            &pending,
+        )
+        .await
+        .map_err(store_status)?;
+        summariser
+            .enqueue(crate::summaries::Task {
+                brand: brand.to_string(),
+                model: model.name.clone(),
+                dimension: model.info().dimension,
+                run_id: trend.run_id.clone(),
+                trend_id: trend.trend_id,
+                forced: true,
+            })
+            .await;
+        trend.llm = Some(pending);
+        Ok(Response::new(trend_message(trend)))
+    }
+
     async fn list_trends(
         &self,
         request: Request<pb::ListTrendsRequest>,
@@ -349,24 +449,9 @@ impl pb::trend_service_server::TrendService for TrendApi {
                 Status::invalid_argument("`page_token` is not one this service handed out")
             })?)
         };
-        let run_id = (!request.run_id.is_empty()).then_some(request.run_id.as_str());
-        let trend = records::trend(
-            self.store.as_ref(),
-            &model.name,
-            model.info().dimension,
-            brand,
-            request.trend_id,
-            run_id,
-        )
-        .await
-        .map_err(store_status)?
-        .ok_or_else(|| {
-            Status::not_found(format!(
-                "brand `{brand}` has no trend {}{}",
-                request.trend_id,
-                run_id.map(|r| format!(" in run `{r}`")).unwrap_or_default()
-            ))
-        })?;
+        let trend = self
+            .find_trend(brand, &model, request.trend_id, &request.run_id)
+            .await?;
         // Members are the signals the trend's run labelled with it (and no
         // later run relabelled).
         let filter = SignalFilter {

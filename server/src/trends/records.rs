@@ -82,6 +82,83 @@ pub struct TrendRecord {
     /// Kept as the point's vector, not in the payload.
     #[serde(skip)]
     pub centroid: Vec<f32>,
+    /// Kept under its own payload key: the summary path rewrites it without
+    /// touching the rest of the record. `None` in runs stored before LLM
+    /// summaries existed.
+    #[serde(skip)]
+    pub llm: Option<LlmRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmStatus {
+    NotConfigured,
+    Pending,
+    Done,
+    Failed,
+}
+
+/// A trend's LLM summary and how it came to be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmRecord {
+    pub status: LlmStatus,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub summary: String,
+    #[serde(default)]
+    pub sentiment: String,
+    #[serde(default)]
+    pub suggested_action: String,
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub prompt_version: String,
+    #[serde(default)]
+    pub tokens_in: u32,
+    #[serde(default)]
+    pub tokens_out: u32,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub raw_response: String,
+    pub updated_ms: i64,
+    #[serde(default)]
+    pub reused_from_run: String,
+}
+
+impl LlmRecord {
+    pub fn not_configured(now_ms: i64) -> Self {
+        Self::with_status(
+            LlmStatus::NotConfigured,
+            "no LLM provider is configured",
+            now_ms,
+        )
+    }
+
+    pub fn with_status(status: LlmStatus, reason: &str, now_ms: i64) -> Self {
+        Self {
+            status,
+            title: String::new(),
+            summary: String::new(),
+            sentiment: String::new(),
+            suggested_action: String::new(),
+            provider: String::new(),
+            model: String::new(),
+            prompt_version: String::new(),
+            tokens_in: 0,
+            tokens_out: 0,
+            attempts: 0,
+            reason: reason.to_string(),
+            raw_response: String::new(),
+            updated_ms: now_ms,
+            reused_from_run: String::new(),
+        }
+    }
 }
 
 fn run_point(run_id: &str) -> Uuid {
@@ -138,6 +215,9 @@ pub async fn save_run(
             let record = serde_json::to_value(trend).map_err(|e| malformed("trend", e))?;
             let mut payload = payload("trend", &run.brand, &run.run_id, run.finished_ms, record);
             payload.insert("trend_id".into(), json!(trend.trend_id));
+            if let Some(llm) = &trend.llm {
+                payload.insert(LLM_KEY.into(), llm_value(llm)?);
+            }
             Ok(PointRecord {
                 id: trend_point(&run.run_id, trend.trend_id),
                 vector: Some(storable(&trend.centroid, dimension)),
@@ -199,8 +279,39 @@ fn record<T: for<'de> Deserialize<'de>>(what: &str, point: &PointRecord) -> Resu
 
 fn trend_of(point: PointRecord) -> Result<TrendRecord, StoreError> {
     let mut trend: TrendRecord = record("trend", &point)?;
+    trend.llm = point
+        .payload
+        .get(LLM_KEY)
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| malformed("LLM summary", e))?;
     trend.centroid = point.vector.unwrap_or_default();
     Ok(trend)
+}
+
+const LLM_KEY: &str = "llm";
+
+fn llm_value(llm: &LlmRecord) -> Result<Value, StoreError> {
+    serde_json::to_value(llm).map_err(|e| malformed("LLM summary", e))
+}
+
+/// Replaces the LLM summary of one stored trend.
+pub async fn set_llm(
+    store: &dyn VectorStore,
+    model: &str,
+    run_id: &str,
+    trend_id: i64,
+    llm: &LlmRecord,
+) -> Result<(), StoreError> {
+    let mut keys = Map::new();
+    keys.insert(LLM_KEY.into(), llm_value(llm)?);
+    store
+        .set_payload(
+            &trends_collection(model),
+            vec![(trend_point(run_id, trend_id), keys)],
+        )
+        .await
 }
 
 /// Where the trends of `model` live, made on first use so that readers of
@@ -346,6 +457,7 @@ mod tests {
             origin: "new".into(),
             parents: Vec::new(),
             centroid: vec![0.0, 1.0, 0.0],
+            llm: Some(LlmRecord::not_configured(7)),
         }
     }
 
@@ -415,5 +527,22 @@ mod tests {
             .unwrap();
         assert_eq!(older.size, 5);
         assert_eq!(trend(&store, "m", 3, "acme", 9, None).await.unwrap(), None);
+
+        assert_eq!(latest.llm, Some(LlmRecord::not_configured(7)));
+        let mut done = LlmRecord::with_status(LlmStatus::Done, "", 9);
+        done.title = "Battery complaints".into();
+        set_llm(&store, "m", "r2", 2, &done).await.unwrap();
+        let updated = trend(&store, "m", 3, "acme", 2, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.llm, Some(done));
+        assert_eq!(updated.keywords, latest.keywords);
+        // A trend that was never stored cannot get a summary.
+        assert!(
+            set_llm(&store, "m", "r2", 9, &LlmRecord::not_configured(1))
+                .await
+                .is_err()
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the server's integration tests.
 #![allow(dead_code)]
 
+pub mod fake_llm;
+
 use clap::Parser;
 use pulse_models::{DEFAULT_MODEL, DeviceSpec, Embedder, EmbedderOptions, ResolveOptions};
 use pulse_proto::v1::trend_service_client::TrendServiceClient;

@@ -115,7 +115,7 @@ pub struct LlmArgs {
     /// API key (prefer this environment variable or --llm-api-key-file;
     /// never logged).
     #[arg(long, env = "PULSE_LLM_API_KEY", hide_env_values = true)]
-    pub llm_api_key: Option<String>,
+    pub llm_api_key: Option<Secret>,
     /// File whose first line is the API key.
     #[arg(long, env = "PULSE_LLM_API_KEY_FILE")]
     pub llm_api_key_file: Option<PathBuf>,
@@ -165,6 +165,23 @@ pub struct LlmArgs {
     pub llm_keyword_overlap: f64,
 }
 
+/// A value that must not reach a log line: `Debug` shows only that it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LlmProviderKind {
     Openai,
@@ -174,7 +191,7 @@ pub enum LlmProviderKind {
 impl LlmArgs {
     /// The API key from the flag, the environment or the file.
     pub fn api_key(&self) -> anyhow::Result<Option<String>> {
-        if let Some(key) = &self.llm_api_key {
+        if let Some(Secret(key)) = &self.llm_api_key {
             return Ok(Some(key.trim().to_string()));
         }
         let Some(path) = &self.llm_api_key_file else {
@@ -433,6 +450,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.llm.api_key().unwrap().as_deref(), Some("sk-from-file"));
+        let flag = parse(&["--llm-api-key", "sk-flag"]).unwrap();
+        assert_eq!(flag.llm.api_key().unwrap().as_deref(), Some("sk-flag"));
+        assert!(
+            !format!("{flag:?}").contains("sk-flag"),
+            "Debug shows the key"
+        );
         let provider = args.llm.provider().unwrap().unwrap();
         assert_eq!((provider.name(), provider.model()), ("anthropic", "m"));
         let bad = parse(&["--llm-member-overlap", "1.5"]).unwrap();

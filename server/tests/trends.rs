@@ -579,6 +579,31 @@ async fn llm_summaries_are_retried_stored_and_not_asked_twice() {
     let (_, trend) = members(&mut api, "acme", battery, 100).await;
     assert_eq!(llm(&trend).status, pb::LlmSummaryStatus::Failed as i32);
 
+    // New data: a trend that is new or changed is asked about again, one
+    // that did not change keeps its summary (the failed one is retried).
+    let calls_before = fake.calls().len();
+    ingest_topics(&server, 3..4).await;
+    let job = submit(&mut api, "llm-3").await;
+    succeeded(&mut api, &job).await;
+    let grown = summaries_settled(&mut api).await;
+    assert_eq!(grown.trends.len(), 4);
+    assert!(
+        grown
+            .trends
+            .iter()
+            .all(|t| llm(t).status == pb::LlmSummaryStatus::Done as i32)
+    );
+    let fresh = grown
+        .trends
+        .iter()
+        .filter(|t| llm(t).reused_from_run.is_empty())
+        .count();
+    assert!(
+        fresh >= 2,
+        "the new trend and the failed one need summaries"
+    );
+    assert_eq!(fake.calls().len() - calls_before, fresh);
+
     let metrics = metrics_text(&server).await;
     for line in [
         "pulse_llm_requests_total{outcome=\"ok\"}",

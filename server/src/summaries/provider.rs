@@ -335,6 +335,139 @@ mod tests {
         assert!(!shown.contains("sk-secret") && shown.contains("<set>"));
     }
 
+    use axum::Json;
+    use axum::http::{HeaderMap as Headers, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+
+    /// A loopback server with one route per way a provider can answer.
+    async fn fake_provider() -> String {
+        let app = axum::Router::new()
+            .route(
+                "/anthropic/messages",
+                post(|headers: Headers, Json(body): Json<Value>| async move {
+                    assert_eq!(headers["x-api-key"], "sk-a");
+                    assert_eq!(headers["anthropic-version"], ANTHROPIC_VERSION);
+                    assert_eq!(body["system"], "be brief");
+                    assert_eq!(body["messages"][0]["content"], "hello");
+                    Json(json!({
+                        "content": [
+                            {"type": "text", "text": "{\"title\": "},
+                            {"type": "text", "text": "\"t\"}"}
+                        ],
+                        "usage": {"input_tokens": 11, "output_tokens": 7}
+                    }))
+                }),
+            )
+            .route(
+                "/openai/chat/completions",
+                post(|headers: Headers, Json(body): Json<Value>| async move {
+                    assert_eq!(headers["authorization"], "Bearer sk-o");
+                    assert_eq!(body["response_format"]["type"], "json_object");
+                    assert_eq!(body["messages"][0]["role"], "system");
+                    assert_eq!(body["max_tokens"], 50);
+                    Json(json!({
+                        "choices": [{"message": {"content": "{}"}}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 2}
+                    }))
+                }),
+            )
+            .route(
+                "/limited/chat/completions",
+                post(|| async {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "3")],
+                        "slow down",
+                    )
+                }),
+            )
+            .route(
+                "/failing/chat/completions",
+                post(|| async { (StatusCode::BAD_GATEWAY, "upstream down").into_response() }),
+            )
+            .route(
+                "/refusing/chat/completions",
+                post(|| async { (StatusCode::UNAUTHORIZED, "bad key").into_response() }),
+            )
+            .route(
+                "/garbled/chat/completions",
+                post(|| async { Json(json!({"choices": []})) }),
+            )
+            .route(
+                "/slow/chat/completions",
+                post(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn endpoint(base: &str, path: &str, key: &str) -> Endpoint {
+        Endpoint {
+            base_url: format!("{base}/{path}/"),
+            model: "m".into(),
+            api_key: Some(key.into()),
+            timeout: Duration::from_millis(500),
+        }
+    }
+
+    #[tokio::test]
+    async fn both_apis_are_spoken_and_failures_are_sorted() {
+        let base = fake_provider().await;
+        let prompt = Prompt {
+            system: "be brief".into(),
+            user: "hello".into(),
+            max_tokens: 50,
+        };
+        let anthropic = Anthropic::new(endpoint(&base, "anthropic", "sk-a")).unwrap();
+        let answer = anthropic.complete(&prompt).await.unwrap();
+        assert_eq!(answer.text, "{\"title\": \"t\"}");
+        assert_eq!((answer.tokens_in, answer.tokens_out), (11, 7));
+        let openai = OpenAiCompatible::new(endpoint(&base, "openai", "sk-o")).unwrap();
+        let answer = openai.complete(&prompt).await.unwrap();
+        assert_eq!(
+            (answer.text.as_str(), answer.tokens_in, answer.tokens_out),
+            ("{}", 5, 2)
+        );
+
+        let call = |path: &'static str| {
+            let base = base.clone();
+            let prompt = prompt.clone();
+            async move {
+                OpenAiCompatible::new(endpoint(&base, path, "k"))
+                    .unwrap()
+                    .complete(&prompt)
+                    .await
+                    .unwrap_err()
+            }
+        };
+        let limited = call("limited").await;
+        assert!(limited.is_transient());
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(3)));
+        let failing = call("failing").await;
+        assert!(failing.is_transient() && failing.to_string().contains("HTTP 502"));
+        let refusing = call("refusing").await;
+        assert!(!refusing.is_transient() && refusing.to_string().contains("bad key"));
+        let garbled = call("garbled").await;
+        assert!(!garbled.is_transient() && garbled.kind() == "protocol_error");
+        let slow = call("slow").await;
+        assert!(
+            slow.is_transient() && slow.kind() == "network_error",
+            "{slow}"
+        );
+        let nobody = OpenAiCompatible::new(endpoint("http://127.0.0.1:1", "v1", "k"))
+            .unwrap()
+            .complete(&prompt)
+            .await
+            .unwrap_err();
+        assert_eq!(nobody.kind(), "network_error");
+    }
+
     #[test]
     fn long_bodies_are_clipped() {
         let body = "é".repeat(1000);

@@ -63,7 +63,7 @@ pub struct ServeArgs {
     pub qdrant_url: Option<String>,
     /// API key for the Qdrant server (prefer the environment variable).
     #[arg(long, env = "PULSE_QDRANT_API_KEY", hide_env_values = true)]
-    pub qdrant_api_key: Option<String>,
+    pub qdrant_api_key: Option<Secret>,
     /// Shards of collections pulse creates on the Qdrant server.
     #[arg(long, env = "PULSE_QDRANT_SHARDS", default_value = "1")]
     pub qdrant_shards: u32,
@@ -173,6 +173,12 @@ impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Secret(s.to_string()))
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }
 

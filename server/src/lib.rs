@@ -296,7 +296,10 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn VectorStore>> {
     if let Some(url) = &args.qdrant_url {
         let store = RemoteStore::connect(RemoteOptions {
             url: url.clone(),
-            api_key: args.qdrant_api_key.clone(),
+            api_key: args
+                .qdrant_api_key
+                .as_ref()
+                .map(|key| key.expose().to_string()),
             shard_number: args.qdrant_shards,
             replication_factor: args.qdrant_replication,
             write_consistency_factor: args.qdrant_write_consistency,

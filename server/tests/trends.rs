@@ -752,3 +752,72 @@ async fn a_hanging_provider_slows_neither_embedding_nor_jobs() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// The Python client example (`examples/python/pulse_client.py`) against
+/// the real server, when an interpreter with grpcio and grpcio-tools is
+/// around (`PULSE_PYTHON`, default `python3`); skipped, saying so, otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_ingests_and_reclusters() {
+    let python = std::env::var("PULSE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "skipped: {python} lacks grpcio and grpcio-tools (pip install grpcio grpcio-tools, or set PULSE_PYTHON)"
+        );
+        return;
+    }
+    let server = start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signals.jsonl");
+    let lines: Vec<String> = (0..3)
+        .flat_map(topic_signals)
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id,
+                "brand": s.brand,
+                "source": s.source,
+                "text": s.text,
+                "ts": s.ts.unwrap().to_string(),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/python/pulse_client.py"
+    );
+    let addr = server.grpc_addr.to_string();
+    let file = file.to_str().unwrap().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args([script, &file, "--brand", "acme", "--addr", &addr])
+            .args(["--last-hours", "100000", "--min-cluster-size", "10"])
+            .args(["--idempotency-key", "from-python", "--wait"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["stored"], 48);
+    assert_eq!(result["job"]["state"], "JOB_STATE_SUCCEEDED");
+    assert_eq!(result["job"]["signals"], 48);
+    let trends = result["trends"].as_array().unwrap();
+    assert!(!trends.is_empty());
+    assert_eq!(
+        trends.len() as u64,
+        result["job"]["trends"].as_u64().unwrap()
+    );
+    let mut api = TrendServiceClient::new(channel(&server).await);
+    let listed = latest(&mut api).await;
+    assert_eq!(listed.trends.len(), trends.len());
+    server.shutdown().await.unwrap();
+}

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "PULSE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// API keys, one a line, each optionally followed by the brands it is
+    /// limited to (`KEY brand1,brand2`); without it no key is asked for.
+    #[arg(long, env = "PULSE_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub llm: LlmArgs,
 }

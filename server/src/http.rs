@@ -1,11 +1,13 @@
 //! HTTP beside gRPC: OpenAI-compatible `POST /v1/embeddings`, `GET /health`,
 //! `GET /ready` and Prometheus `GET /metrics`.
 
+use crate::auth::ApiKeys;
 use crate::batcher::Priority;
 use crate::grpc::{Limits, status_of};
 use crate::models::{EmbedOptions, Registry};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,16 +24,39 @@ pub struct HttpState {
     pub limits: Limits,
     pub ready: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
+    /// `None`: no `--api-key-file`, every caller is let in.
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
     Router::new()
-        .route("/v1/embeddings", post(embeddings))
+        .route(
+            "/v1/embeddings",
+            post(embeddings)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
+        )
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// The API routes need a known key when keys are configured; health, readiness
+/// and metrics stay open for probes and scrapers.
+async fn require_key(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    if let Some(keys) = &state.api_keys {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Err(why) = keys.authorise(header("authorization"), header("x-api-key")) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                None,
+                why.to_string(),
+            );
+        }
+    }
+    next.run(request).await
 }
 
 async fn ready(State(state): State<HttpState>) -> Response {

@@ -1,5 +1,6 @@
 //! The pulse service: gRPC and HTTP APIs over a dynamic batcher per model.
 
+pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod grpc;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 /// The process-wide Prometheus recorder (the `metrics` facade has one).
@@ -65,6 +67,13 @@ impl Server {
         let summary_config = args.llm.summary_config()?;
         let prompt_template =
             summaries::prompt::PromptTemplate::load(args.llm.llm_prompt_file.as_deref())?;
+        let api_keys = args
+            .api_key_file
+            .as_deref()
+            .map(auth::ApiKeys::load)
+            .transpose()?
+            .map(Arc::new);
+        let with_key = auth::interceptor(api_keys.clone());
         let embedder_options = args.engine.embedder_options();
         let batching = BatcherConfig {
             max_batch_tokens: args.max_batch_tokens.get(),
@@ -181,6 +190,7 @@ impl Server {
                 limits,
                 ready: ready.clone(),
                 metrics,
+                api_keys,
             },
             max_message,
         );
@@ -191,10 +201,10 @@ impl Server {
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(embedding)
-            .add_service(model_service)
-            .add_service(signal_service)
-            .add_service(trend_service)
+            .add_service(InterceptedService::new(embedding, with_key.clone()))
+            .add_service(InterceptedService::new(model_service, with_key.clone()))
+            .add_service(InterceptedService::new(signal_service, with_key.clone()))
+            .add_service(InterceptedService::new(trend_service, with_key))
             .serve_with_incoming_shutdown(
                 // Small replies must not wait for the peer's delayed ACK.
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

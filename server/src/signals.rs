@@ -1,6 +1,7 @@
 //! `pulse.v1.SignalService`: brand signals in, embedded, stored with their
 //! payload; similarity search, lookup, delete and count on top.
 
+use crate::auth::Access;
 use crate::batcher::Priority;
 use crate::grpc::status_of;
 use crate::models::{EmbedOptions, Registry, ServedModel};
@@ -280,13 +281,22 @@ impl SignalApi {
     }
 }
 
+/// The brand a request's filter names ("" when none).
+fn filter_brand(filter: &Option<pb::SignalFilter>) -> &str {
+    filter.as_ref().map_or("", |f| f.brand.as_str())
+}
+
 #[tonic::async_trait]
 impl pb::signal_service_server::SignalService for SignalApi {
     async fn ingest(
         &self,
         request: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
+        for signal in &request.signals {
+            access.allow(&signal.brand)?;
+        }
         if request.signals.is_empty() {
             return Err(Status::invalid_argument("the request has no signals"));
         }
@@ -318,10 +328,14 @@ impl pb::signal_service_server::SignalService for SignalApi {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
         )?;
+        let access = Access::of(&request);
         let mut incoming = request.into_inner().ready_chunks(STREAM_CHUNK);
         let mut summary = pb::IngestSummary::default();
         while let Some(chunk) = incoming.next().await {
             let signals = chunk.into_iter().collect::<Result<Vec<_>, Status>>()?;
+            for signal in &signals {
+                access.allow(&signal.brand)?;
+            }
             for result in SignalApi::ingest(self, &model, signals).await? {
                 if result.stored {
                     summary.stored += 1;
@@ -338,7 +352,9 @@ impl pb::signal_service_server::SignalService for SignalApi {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
+        access.allow(filter_brand(&request.filter))?;
         let model = self.model(&request.model)?;
         let filter = filter_of(request.filter)?;
         let vector = match request.query {
@@ -413,10 +429,12 @@ impl pb::signal_service_server::SignalService for SignalApi {
         &self,
         request: Request<pb::GetSignalsRequest>,
     ) -> Result<Response<pb::GetSignalsResponse>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
         if request.brand.is_empty() {
             return Err(Status::invalid_argument("`brand` is required"));
         }
+        access.allow(&request.brand)?;
         let model = self.model(&request.model)?;
         let ids: Vec<Uuid> = request
             .ids
@@ -441,7 +459,13 @@ impl pb::signal_service_server::SignalService for SignalApi {
         &self,
         request: Request<pb::DeleteSignalsRequest>,
     ) -> Result<Response<pb::DeleteSignalsResponse>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
+        if request.ids.is_empty() {
+            access.allow(filter_brand(&request.filter))?;
+        } else {
+            access.allow(&request.brand)?;
+        }
         let model = self.model(&request.model)?;
         let collection = self.collection(&model).await?;
         let deleted = if !request.ids.is_empty() {
@@ -493,7 +517,9 @@ impl pb::signal_service_server::SignalService for SignalApi {
         &self,
         request: Request<pb::CountSignalsRequest>,
     ) -> Result<Response<pb::CountSignalsResponse>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
+        access.allow(filter_brand(&request.filter))?;
         let model = self.model(&request.model)?;
         let filter = filter_of(request.filter)?;
         let collection = self.collection(&model).await?;

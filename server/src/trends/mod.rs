@@ -6,6 +6,7 @@ pub(crate) mod records;
 
 pub use jobs::{JobSpec, Jobs};
 
+use crate::auth::Access;
 use crate::models::{Registry, ServedModel};
 use crate::signals::{millis, store_status, stored_signal, timestamp};
 use pulse_proto::v1 as pb;
@@ -282,8 +283,10 @@ impl pb::trend_service_server::TrendService for TrendApi {
         &self,
         request: Request<pb::ReclusterRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
         let brand = required(&request.brand, "brand")?.to_string();
+        access.allow(&brand)?;
         let model = self.model(&request.model)?;
         let window = window_of(&request, jobs::now_ms())?;
         let (params, requested) = params_of(request.params)?;
@@ -355,8 +358,10 @@ impl pb::trend_service_server::TrendService for TrendApi {
         &self,
         request: Request<pb::RegenerateSummaryRequest>,
     ) -> Result<Response<pb::Trend>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
         let brand = required(&request.brand, "brand")?;
+        access.allow(brand)?;
         let model = self.model(&request.model)?;
         let Some(summariser) = self.jobs.summaries() else {
             return Err(Status::failed_precondition(
@@ -394,8 +399,10 @@ impl pb::trend_service_server::TrendService for TrendApi {
         &self,
         request: Request<pb::ListTrendsRequest>,
     ) -> Result<Response<pb::ListTrendsResponse>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
         let brand = required(&request.brand, "brand")?;
+        access.allow(brand)?;
         let model = self.model(&request.model)?;
         let dimension = model.info().dimension;
         let store = self.store.as_ref();
@@ -430,8 +437,10 @@ impl pb::trend_service_server::TrendService for TrendApi {
         &self,
         request: Request<pb::GetTrendRequest>,
     ) -> Result<Response<pb::GetTrendResponse>, Status> {
+        let access = Access::of(&request);
         let request = request.into_inner();
         let brand = required(&request.brand, "brand")?;
+        access.allow(brand)?;
         let model = self.model(&request.model)?;
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE,

@@ -1,0 +1,217 @@
+//! API keys against the real server: no key, a wrong key, a key limited to
+//! other brands, over gRPC and HTTP; probes stay open.
+
+mod common;
+
+use common::{channel, start};
+use pulse_proto::v1 as pb;
+use pulse_proto::v1::embedding_service_client::EmbeddingServiceClient;
+use pulse_proto::v1::signal_service_client::SignalServiceClient;
+use pulse_proto::v1::trend_service_client::TrendServiceClient;
+use tonic::{Code, Request};
+
+fn with_key<T>(message: T, key: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(key) = key {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    request
+}
+
+fn embed() -> pb::EmbedRequest {
+    pb::EmbedRequest {
+        inputs: vec![pb::EmbedInput {
+            text: "keys please".into(),
+            id: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+fn ingest(brand: &str) -> pb::IngestRequest {
+    pb::IngestRequest {
+        signals: vec![pb::Signal {
+            id: "1".into(),
+            brand: brand.into(),
+            text: "The battery dies before lunch".into(),
+            ..Default::default()
+        }],
+        model: String::new(),
+    }
+}
+
+fn search(brand: &str) -> pb::SearchRequest {
+    pb::SearchRequest {
+        query: Some(pb::search_request::Query::Text("battery".into())),
+        filter: Some(pb::SignalFilter {
+            brand: brand.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn recluster(brand: &str) -> pb::ReclusterRequest {
+    pb::ReclusterRequest {
+        brand: brand.into(),
+        last: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_required_and_brands_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# test keys\nsk-admin\nsk-acme acme\n").unwrap();
+    let server = start(&["--api-key-file", keys.to_str().unwrap()]).await;
+    let mut embedding = EmbeddingServiceClient::new(channel(&server).await);
+    let mut signals = SignalServiceClient::new(channel(&server).await);
+    let mut trends = TrendServiceClient::new(channel(&server).await);
+
+    for (key, message) in [
+        (None, "an API key is required"),
+        (Some("sk-wrong"), "unknown API key"),
+    ] {
+        let status = embedding.embed(with_key(embed(), key)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains(message), "{}", status.message());
+        let status = signals
+            .ingest(with_key(ingest("acme"), key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    assert!(
+        embedding
+            .embed(with_key(embed(), Some("sk-acme")))
+            .await
+            .is_ok()
+    );
+
+    // A key limited to acme: acme yes, anything else (or no brand) no.
+    let acme = Some("sk-acme");
+    let stored = signals
+        .ingest(with_key(ingest("acme"), acme))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.stored, 1);
+    for status in [
+        signals
+            .ingest(with_key(ingest("globex"), acme))
+            .await
+            .unwrap_err(),
+        signals
+            .search(with_key(search("globex"), acme))
+            .await
+            .unwrap_err(),
+        signals
+            .search(with_key(search(""), acme))
+            .await
+            .unwrap_err(),
+        signals
+            .count_signals(with_key(pb::CountSignalsRequest::default(), acme))
+            .await
+            .unwrap_err(),
+        signals
+            .get_signals(with_key(
+                pb::GetSignalsRequest {
+                    brand: "globex".into(),
+                    ids: vec!["1".into()],
+                    ..Default::default()
+                },
+                acme,
+            ))
+            .await
+            .unwrap_err(),
+        trends
+            .recluster(with_key(recluster("globex"), acme))
+            .await
+            .unwrap_err(),
+        trends
+            .list_trends(with_key(
+                pb::ListTrendsRequest {
+                    brand: "globex".into(),
+                    ..Default::default()
+                },
+                acme,
+            ))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{}",
+            status.message()
+        );
+    }
+    let hits = signals
+        .search(with_key(search("acme"), acme))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hits.hits.len(), 1);
+    assert!(
+        trends
+            .recluster(with_key(recluster("acme"), acme))
+            .await
+            .is_ok()
+    );
+    // An unrestricted key reaches every brand.
+    let admin = Some("sk-admin");
+    assert_eq!(
+        signals
+            .ingest(with_key(ingest("globex"), admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored,
+        1
+    );
+
+    // Health for probes needs no key.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&server).await);
+    assert!(
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok()
+    );
+
+    // HTTP: the API wants a key, the probes and metrics do not.
+    let base = format!("http://{}", server.http_addr);
+    let statuses = tokio::task::spawn_blocking(move || {
+        let post = |key: Option<&str>| {
+            let mut request = ureq::post(&format!("{base}/v1/embeddings"));
+            if let Some(key) = key {
+                request = request.set("authorization", &format!("Bearer {key}"));
+            }
+            match request.send_json(serde_json::json!({"input": "hello"})) {
+                Ok(response) => response.status(),
+                Err(ureq::Error::Status(code, _)) => code,
+                Err(err) => panic!("{err}"),
+            }
+        };
+        let get = |path: &str| ureq::get(&format!("{base}{path}")).call().unwrap().status();
+        (
+            post(None),
+            post(Some("sk-wrong")),
+            post(Some("sk-admin")),
+            get("/health"),
+            get("/metrics"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, (401, 401, 200, 200, 200));
+    server.shutdown().await.unwrap();
+}

@@ -213,5 +213,36 @@ async fn keys_are_required_and_brands_are_enforced() {
     .await
     .unwrap();
     assert_eq!(statuses, (401, 401, 200, 200, 200));
+
+    // The CLI clients send --api-key (or PULSE_API_KEY).
+    let addr = format!("http://{}", server.grpc_addr);
+    let outputs = tokio::task::spawn_blocking(move || {
+        let recluster = |key: Option<&str>| {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"));
+            command
+                .args(["recluster", "--brand", "acme", "--last", "1h", "--wait"])
+                .args(["--addr", &addr])
+                .env_remove("PULSE_API_KEY");
+            if let Some(key) = key {
+                command.env("PULSE_API_KEY", key);
+            }
+            command.output().unwrap()
+        };
+        (recluster(None), recluster(Some("sk-acme")))
+    })
+    .await
+    .unwrap();
+    let (without, with) = outputs;
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("API key"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
     server.shutdown().await.unwrap();
 }

@@ -14,16 +14,14 @@ use std::str::FromStr;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 #[derive(Args)]
 pub struct IngestArgs {
     /// JSON lines: `id`, `brand`, `text`, and optionally `source`, `ts`
     /// (RFC 3339, or Unix seconds), `url`, `lang`, `attributes`.
     file: String,
-    /// The server's gRPC address.
-    #[arg(long, env = "PULSE_ADDR", default_value = "http://127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    server: super::ServerConnection,
     /// The model whose collection receives the signals; empty: the server's default.
     #[arg(long, default_value = "")]
     model: String,
@@ -33,8 +31,8 @@ pub struct IngestArgs {
 pub struct SearchArgs {
     /// The text to find similar signals for.
     text: String,
-    #[arg(long, env = "PULSE_ADDR", default_value = "http://127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    server: super::ServerConnection,
     #[arg(long)]
     brand: Option<String>,
     /// Only these sources (repeatable).
@@ -95,13 +93,10 @@ fn parse_signal(line: &str) -> anyhow::Result<pb::Signal> {
     })
 }
 
-async fn connect(addr: &str) -> anyhow::Result<SignalServiceClient<Channel>> {
-    let channel = Channel::from_shared(addr.to_string())
-        .with_context(|| format!("invalid address {addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach pulse at {addr}"))?;
-    Ok(SignalServiceClient::new(channel).max_decoding_message_size(64 << 20))
+async fn connect(
+    server: &super::ServerConnection,
+) -> anyhow::Result<SignalServiceClient<super::Connected>> {
+    Ok(SignalServiceClient::new(server.connect().await?).max_decoding_message_size(64 << 20))
 }
 
 pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
@@ -116,7 +111,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut client = connect(&args.addr).await?;
+        let mut client = connect(&args.server).await?;
         let (sender, receiver) = mpsc::channel::<pb::Signal>(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(receiver));
         if !args.model.is_empty() {
@@ -190,7 +185,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut client = connect(&args.addr).await?;
+        let mut client = connect(&args.server).await?;
         let hits = client
             .search(pb::SearchRequest {
                 query: Some(pb::search_request::Query::Text(args.text)),

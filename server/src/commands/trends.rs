@@ -10,7 +10,6 @@ use pulse_proto::v1::trend_service_client::TrendServiceClient;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 #[derive(Args)]
 pub struct ReclusterArgs {
@@ -25,9 +24,8 @@ pub struct ReclusterArgs {
     /// End of the window (RFC 3339); default now.
     #[arg(long, requires = "from")]
     to: Option<String>,
-    /// The server's gRPC address.
-    #[arg(long, env = "PULSE_ADDR", default_value = "http://127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    server: super::ServerConnection,
     /// Empty: the server's default model.
     #[arg(long, default_value = "")]
     model: String,
@@ -48,8 +46,8 @@ pub struct ReclusterArgs {
 pub struct TrendsArgs {
     #[arg(long)]
     brand: String,
-    #[arg(long, env = "PULSE_ADDR", default_value = "http://127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    server: super::ServerConnection,
     #[arg(long, default_value = "")]
     model: String,
     /// A past run; default the latest.
@@ -60,13 +58,10 @@ pub struct TrendsArgs {
     json: bool,
 }
 
-async fn connect(addr: &str) -> anyhow::Result<TrendServiceClient<Channel>> {
-    let channel = Channel::from_shared(addr.to_string())
-        .with_context(|| format!("invalid address {addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach pulse at {addr}"))?;
-    Ok(TrendServiceClient::new(channel).max_decoding_message_size(64 << 20))
+async fn connect(
+    server: &super::ServerConnection,
+) -> anyhow::Result<TrendServiceClient<super::Connected>> {
+    Ok(TrendServiceClient::new(server.connect().await?).max_decoding_message_size(64 << 20))
 }
 
 fn refused(status: tonic::Status) -> anyhow::Error {
@@ -141,7 +136,7 @@ pub fn recluster(args: ReclusterArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut client = connect(&args.addr).await?;
+        let mut client = connect(&args.server).await?;
         let job = client
             .recluster(request)
             .await
@@ -202,7 +197,7 @@ pub fn trends(args: TrendsArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut client = connect(&args.addr).await?;
+        let mut client = connect(&args.server).await?;
         let listed = client
             .list_trends(pb::ListTrendsRequest {
                 brand: args.brand.clone(),

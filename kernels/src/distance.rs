@@ -482,7 +482,7 @@ pub fn lightest_edges_between_groups(
     // One accumulator per fold task, not per tile: a row's lightest edge
     // into a group so far prunes its later tiles (see below). The matrix is
     // filled from the row's side only and mirrored at the end.
-    let one_sided = upper_tiles(n)
+    let mut matrix = upper_tiles(n)
         .into_par_iter()
         .filter(|(rows, cols)| {
             let g = group_of[rows.start];
@@ -538,12 +538,12 @@ pub fn lightest_edges_between_groups(
             left
         })
         .unwrap_or_else(|| vec![None; c * c]);
-    let mut matrix = one_sided.clone();
     for ga in 0..c {
-        for gb in 0..c {
-            if let Some(edge) = one_sided[ga * c + gb] {
-                keep_lighter(&mut matrix[gb * c + ga], edge);
+        for gb in ga + 1..c {
+            if let Some(edge) = matrix[gb * c + ga] {
+                keep_lighter(&mut matrix[ga * c + gb], edge);
             }
+            matrix[gb * c + ga] = matrix[ga * c + gb];
         }
     }
     for e in matrix.iter_mut().flatten() {

@@ -150,11 +150,7 @@ impl Summariser {
 
     /// A pending record naming who will write the summary.
     pub fn pending(&self) -> LlmRecord {
-        let mut record = LlmRecord::with_status(LlmStatus::Pending, "", now_ms());
-        record.provider = self.shared.provider.name().to_string();
-        record.model = self.shared.provider.model().to_string();
-        record.prompt_version = self.shared.template.version.clone();
-        record
+        self.shared.record(LlmStatus::Pending, String::new())
     }
 
     pub fn config(&self) -> &SummaryConfig {
@@ -174,11 +170,12 @@ impl Summariser {
                     mpsc::error::TrySendError::Full(task)
                     | mpsc::error::TrySendError::Closed(task) => task,
                 };
-                let mut record = self.pending();
-                record.status = LlmStatus::Failed;
-                record.reason = format!(
-                    "the summary queue was full ({} trends waiting)",
-                    self.shared.config.queue_capacity
+                let record = self.shared.record(
+                    LlmStatus::Failed,
+                    format!(
+                        "the summary queue was full ({} trends waiting)",
+                        self.shared.config.queue_capacity
+                    ),
                 );
                 metrics::counter!("pulse_llm_summaries_total", "status" => "queue_full")
                     .increment(1);
@@ -204,17 +201,25 @@ impl Shared {
             .set(self.waiting.load(Ordering::Relaxed) as f64);
     }
 
+    /// A record of this provider, model and prompt, stamped now.
+    fn record(&self, status: LlmStatus, reason: String) -> LlmRecord {
+        LlmRecord {
+            provider: self.provider.name().to_string(),
+            model: self.provider.model().to_string(),
+            prompt_version: self.template.version.clone(),
+            reason,
+            ..LlmRecord::with_status(status, "", now_ms())
+        }
+    }
+
     async fn run(&self, task: Task) {
         match self.superseded(&task).await {
             Ok(None) => {}
             Ok(Some(latest)) => {
-                let mut record = LlmRecord::with_status(
+                let record = self.record(
                     LlmStatus::Failed,
-                    &format!("run {latest} replaced this run before its summary was written"),
-                    now_ms(),
+                    format!("run {latest} replaced this run before its summary was written"),
                 );
-                record.provider = self.provider.name().to_string();
-                record.model = self.provider.model().to_string();
                 metrics::counter!("pulse_llm_summaries_total", "status" => "superseded")
                     .increment(1);
                 self.store_record(&task, &record).await;
@@ -290,10 +295,7 @@ impl Shared {
         let estimate = u32::try_from((prompt.system.len() + prompt.user.len()) / 4)
             .unwrap_or(u32::MAX)
             .saturating_add(prompt.max_tokens);
-        let mut record = LlmRecord::with_status(LlmStatus::Failed, "", now_ms());
-        record.provider = self.provider.name().to_string();
-        record.model = self.provider.model().to_string();
-        record.prompt_version = self.template.version.clone();
+        let mut record = self.record(LlmStatus::Failed, String::new());
         let mut transient_failures = 0;
         let mut malformed = 0;
         loop {

@@ -493,7 +493,7 @@ async fn finish(
     );
 
     let run_id = status.borrow().id.clone();
-    let trends: Vec<TrendRecord> = summaries
+    let mut trends: Vec<TrendRecord> = summaries
         .into_iter()
         .zip(&identities)
         .map(|(s, identity)| TrendRecord {
@@ -530,7 +530,6 @@ async fn finish(
             llm: None,
         })
         .collect();
-    let mut trends = trends;
     let new_labels: Vec<Option<i64>> = labels
         .iter()
         .map(|&l| usize::try_from(l).ok().map(|l| identities[l].id))

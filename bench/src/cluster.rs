@@ -3,8 +3,9 @@
 
 use crate::{cpu_name, workloads, write_report};
 use anyhow::{Context, bail};
+use pulse_models::DeviceSpec;
 use pulse_trends::quality::adjusted_rand_index;
-use pulse_trends::{Params, hdbscan};
+use pulse_trends::{Params, hdbscan, hdbscan_on};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,10 @@ pub struct ClusterArgs {
     /// reported (this machine's timings vary by a third from run to run).
     #[arg(long, default_value = "3")]
     repeat: usize,
+    /// Where the exact mode's nearest-neighbour pass runs: cpu, or cuda[:N]
+    /// with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// Where cluster.json and cluster.md are written.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
@@ -78,6 +83,7 @@ struct ApproximateRun {
 #[derive(Serialize)]
 struct Report {
     cpu: String,
+    device: String,
     cores: usize,
     min_cluster_size: usize,
     min_samples: usize,
@@ -90,13 +96,15 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let device = args.device.select()?;
     let mut params = Params::new(args.min_cluster_size);
     params.min_samples = Some(args.min_samples);
     let mut results = Vec::new();
     for &n in &args.sizes {
         let (points, topics) = workloads::embedding_like(n, args.dim, 0x5eed_c105 + n as u64);
-        let (clustering, seconds) =
-            median_run(args.repeat, || hdbscan(&points, args.dim, &params))?;
+        let (clustering, seconds) = median_run(args.repeat, || {
+            hdbscan_on(&points, args.dim, &params, &device)
+        })?;
         let noise = clustering.labels.iter().filter(|l| **l < 0).count();
         eprintln!(
             "pulse {n}×{}: {seconds:.2} s, {} clusters",
@@ -143,6 +151,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     }
     let report = Report {
         cpu: cpu_name(),
+        device: pulse_models::device_name(&device),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         min_cluster_size: args.min_cluster_size,
         min_samples: args.min_samples,
@@ -250,12 +259,12 @@ fn run_python(
 
 fn markdown(r: &Report) -> String {
     let mut md = format!(
-        "### HDBSCAN, exact ({}, {} cores; min_cluster_size {}, min_samples {})\n\n\
+        "### HDBSCAN, exact ({}, {} cores, neighbours on {}; min_cluster_size {}, min_samples {})\n\n\
          | points | pulse s (kNN / MST / tree) | clusters | noise | ARI vs generator | \
          approximate s (kNN / MST) | clusters | ARI vs exact | \
          Python `hdbscan` s | speed-up | ARI pulse vs Python |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
-        r.cpu, r.cores, r.min_cluster_size, r.min_samples
+        r.cpu, r.cores, r.device, r.min_cluster_size, r.min_samples
     );
     for m in &r.results {
         let (python_seconds, speedup, agreement) = match &m.python {

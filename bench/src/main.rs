@@ -2,6 +2,7 @@
 
 mod cluster;
 mod embed;
+mod gpu;
 mod ingest;
 mod load;
 mod workloads;
@@ -29,6 +30,9 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Exact HDBSCAN on embedding-like vectors, beside the Python package.
     Cluster(cluster::ClusterArgs),
+    /// The CUDA path: encoder tokens/s in f16/bf16 and the kNN kernel
+    /// (needs `--features cuda` and a GPU).
+    Gpu(gpu::GpuArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Load(args) => load::run(args),
         Command::Ingest(args) => ingest::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Gpu(args) => gpu::run(args),
     }
 }
 

@@ -8,6 +8,10 @@
 //! matrix never exists: each worker owns one tile at a time. Rayon spreads
 //! row blocks over the cores.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use candle_core::Device;
 use parking_lot::Mutex;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -50,6 +54,10 @@ pub enum DistanceError {
         available: usize,
         k: usize,
     },
+    #[error("no distance kernel runs on {0}")]
+    UnsupportedDevice(String),
+    #[error("the GPU failed: {0}")]
+    Device(String),
 }
 
 /// Row-major points: `len()` rows of `dim()` values each, all finite.
@@ -283,6 +291,21 @@ impl Neighbours {
         self.indices
             .chunks_exact_mut(self.k)
             .zip(self.distances.chunks_exact_mut(self.k))
+    }
+}
+
+/// [`knn`] on `device`: the CPU, or a CUDA GPU (kernels/cuda/distance.cu)
+/// when pulse is built with `cuda`. Both give the same lists, up to the
+/// rounding of the distances and the order of equally distant neighbours.
+pub fn knn_on(points: Rows<'_>, k: usize, device: &Device) -> Result<Neighbours, DistanceError> {
+    match device {
+        Device::Cpu => Ok(knn(points, k)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(gpu) => cuda::knn(points, k, gpu),
+        other => Err(DistanceError::UnsupportedDevice(format!(
+            "{:?}",
+            other.location()
+        ))),
     }
 }
 

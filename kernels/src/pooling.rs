@@ -1,8 +1,11 @@
 //! Pooling of token states into one vector per sequence, and L2 normalisation.
 //!
 //! The slice functions are the CPU implementation; [`pool`] takes Candle
-//! tensors and picks the implementation by the tensor's device, so a CUDA twin
-//! can slot in behind the same signature.
+//! tensors and picks the implementation by the tensor's device: the CUDA twin
+//! (`cuda`, behind the feature of that name) for tensors on a GPU.
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{DType, Device, Tensor};
 use std::fmt;
@@ -181,7 +184,8 @@ pub fn l2_normalize_cpu(rows: &mut [f32], dim: usize) {
 
 /// Pools encoder output `hidden` (`batch × seq × dim`, any float dtype) under
 /// `mask` (`batch × seq`) into an f32 `batch × dim` tensor, optionally L2
-/// normalised.
+/// normalised. On a CUDA device the work runs there (kernels/cuda/pooling.cu)
+/// and the result stays there; elsewhere it runs on the CPU.
 pub fn pool(
     hidden: &Tensor,
     mask: &Tensor,
@@ -195,8 +199,12 @@ pub fn pool(
             "mask is {mask_batch}×{mask_seq}, hidden states are {batch}×{seq}×{dim}"
         )));
     }
-    // Only the CPU implementation exists so far; tensors on other devices are
-    // brought to the CPU, which is correct everywhere.
+    #[cfg(feature = "cuda")]
+    if hidden.device().is_cuda() {
+        return cuda::pool(hidden, mask, pooling, normalize);
+    }
+    // Tensors on devices without a kernel are brought to the CPU, which is
+    // correct everywhere.
     let hidden = hidden
         .to_device(&Device::Cpu)?
         .to_dtype(DType::F32)?

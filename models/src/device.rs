@@ -73,6 +73,29 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
+/// Memory of the GPU a device lives on, as its driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuMemory {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// The GPU memory in use on `device`, the whole card's (every process's);
+/// `None` on the CPU or where the driver cannot say.
+pub fn gpu_memory(device: &Device) -> Option<GpuMemory> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(gpu) => {
+            let (free, total) = gpu.cuda_stream().context().mem_get_info().ok()?;
+            Some(GpuMemory {
+                used_bytes: total.saturating_sub(free) as u64,
+                total_bytes: total as u64,
+            })
+        }
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DTypeSpec {
     /// f32 on the CPU, f16 on CUDA.

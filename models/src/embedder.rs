@@ -129,6 +129,11 @@ impl Embedder {
         &self.info
     }
 
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Tokenizes each text, cutting at the model's maximum length; one result
     /// per text so one bad text does not sink the others.
     pub fn tokenize(&self, texts: &[&str]) -> Vec<Result<TokenizedText>> {

@@ -56,7 +56,7 @@ pub(crate) struct EncoderInput {
 
 pub(crate) enum Encoder {
     Native(NativeEncoder),
-    CandleReference(BertModel),
+    CandleReference(Box<BertModel>),
 }
 
 impl Encoder {
@@ -86,7 +86,7 @@ impl Encoder {
                         ),
                     });
                 }
-                Encoder::CandleReference(BertModel::load(vb, &config.encoder)?)
+                Encoder::CandleReference(Box::new(BertModel::load(vb, &config.encoder)?))
             }
         };
         Ok((encoder, parameter_count(config)))

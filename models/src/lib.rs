@@ -16,8 +16,9 @@ mod error;
 mod source;
 mod tokenize;
 
+pub use candle_core::Device;
 pub use config::{Architecture, ModelConfig};
-pub use device::{DTypeSpec, DeviceSpec};
+pub use device::{DTypeSpec, DeviceSpec, GpuMemory, device_name, gpu_memory};
 pub use embedder::{Embedder, EmbedderOptions, ModelInfo};
 pub use encoder::EncoderKind;
 pub use error::{ModelError, Result};

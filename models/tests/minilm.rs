@@ -248,3 +248,37 @@ fn threads_option_gives_the_same_vectors() {
         assert!(cosine(x, y) >= 0.99999);
     }
 }
+
+/// The encoder on a CUDA GPU in f16 and bf16 against the fixtures. Needs a
+/// GPU: `scripts/test-cuda`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_half_precision_matches_sentence_transformers() {
+    use pulse_models::{DTypeSpec, DeviceSpec};
+    let cases = cases();
+    for (dtype, name) in [(DTypeSpec::F16, "f16"), (DTypeSpec::BF16, "bf16")] {
+        let options = EmbedderOptions {
+            device: DeviceSpec::Cuda(0),
+            dtype,
+            ..offline_cpu_options(EncoderKind::Native)
+        };
+        let embedder = Embedder::load(DEFAULT_MODEL, &options).unwrap();
+        assert_eq!(embedder.info().device, "cuda:0");
+        assert_eq!(embedder.info().dtype, name);
+        let vectors = embed_mixed(&embedder, &cases, 13);
+        let cosines: Vec<f32> = cases
+            .iter()
+            .zip(&vectors)
+            .map(|(case, v)| cosine(&case.embedding, v))
+            .collect();
+        let (worst, at) = cosines
+            .iter()
+            .zip(&cases)
+            .map(|(c, case)| (*c, case.id.as_str()))
+            .fold((1.0f32, ""), |a, b| if b.0 < a.0 { b } else { a });
+        let mean = cosines.iter().sum::<f32>() / cosines.len() as f32;
+        eprintln!("cuda {name}: lowest cosine {worst:.6} ({at}), mean {mean:.6}");
+        assert!(worst >= 0.999, "{name}: lowest cosine {worst} for {at}");
+    }
+}

@@ -68,9 +68,27 @@ async fn ready(State(state): State<HttpState>) -> Response {
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> String {
+    let mut gpus = Vec::new();
     for model in state.registry.all() {
         metrics::gauge!("pulse_queue_tokens", "model" => model.name.clone())
             .set(model.queued_tokens() as f64);
+        let device = model.device();
+        if !device.is_cpu()
+            && !gpus
+                .iter()
+                .any(|d: &pulse_models::Device| d.same_device(device))
+        {
+            gpus.push(device.clone());
+        }
+    }
+    for gpu in &gpus {
+        if let Some(memory) = pulse_models::gpu_memory(gpu) {
+            let name = pulse_models::device_name(gpu);
+            metrics::gauge!("pulse_gpu_memory_used_bytes", "device" => name.clone())
+                .set(memory.used_bytes as f64);
+            metrics::gauge!("pulse_gpu_memory_total_bytes", "device" => name)
+                .set(memory.total_bytes as f64);
+        }
     }
     state.metrics.render()
 }

@@ -107,6 +107,10 @@ impl ServedModel {
         self.embedder.info()
     }
 
+    pub fn device(&self) -> &pulse_models::Device {
+        self.embedder.device()
+    }
+
     pub fn queued_tokens(&self) -> usize {
         self.batcher.queued_tokens()
     }

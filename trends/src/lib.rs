@@ -8,4 +8,6 @@ pub mod lineage;
 pub mod quality;
 pub mod summary;
 
-pub use hdbscan::{Clustering, HdbscanError, Metric, Params, Selection, Timings, hdbscan};
+pub use hdbscan::{
+    Clustering, HdbscanError, Metric, Params, Selection, Timings, hdbscan, hdbscan_on,
+};

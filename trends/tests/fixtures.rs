@@ -7,7 +7,10 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hdbscan")
+    std::env::var_os("PULSE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .join("hdbscan")
 }
 
 struct Reference {
@@ -149,5 +152,25 @@ fn approximate_mode_agrees_with_exact_mode() {
             got.timings.total()
         );
         assert!(ari >= 0.95, "{}: approximate vs exact ARI {ari}", r.name);
+    }
+}
+
+/// The nearest-neighbour pass on a CUDA GPU gives the CPU's clusters. Needs a
+/// GPU: `scripts/test-cuda`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_neighbours_give_the_cpu_labels() {
+    let gpu = candle_core::Device::new_cuda(0).expect("a CUDA GPU");
+    for file in all_runs() {
+        let r = reference(&file);
+        let cpu = hdbscan(&r.points, r.dim, &r.params).unwrap();
+        let on_gpu = pulse_trends::hdbscan_on(&r.points, r.dim, &r.params, &gpu).unwrap();
+        eprintln!(
+            "{}: {} clusters, neighbours {:?} on the GPU vs {:?} on the CPU",
+            r.name, on_gpu.n_clusters, on_gpu.timings.neighbours, cpu.timings.neighbours
+        );
+        assert_eq!(on_gpu.labels, cpu.labels, "{}", r.name);
+        assert_eq!(on_gpu.probabilities, cpu.probabilities, "{}", r.name);
     }
 }

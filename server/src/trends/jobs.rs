@@ -8,6 +8,7 @@
 use super::records::{self, LlmRecord, ParamsRecord, RepresentativeRecord, RunRecord, TrendRecord};
 use crate::summaries::{self, Summariser};
 use parking_lot::Mutex;
+use pulse_models::Device;
 use pulse_proto::v1 as pb;
 use pulse_store::{PointRecord, SignalFilter, StoreError, VectorStore};
 use pulse_trends::lineage::{self, MatchThresholds, Origin, PreviousTrend};
@@ -38,6 +39,9 @@ pub struct JobSpec {
     /// Inclusive, Unix milliseconds.
     pub window: (i64, i64),
     pub params: Params,
+    /// Where the nearest-neighbour pass runs: the model's device, so a
+    /// server on a GPU clusters there too.
+    pub device: Device,
     pub requested: ParamsRecord,
     pub idempotency_key: String,
 }
@@ -355,10 +359,12 @@ async fn execute(
             ..spec.params.clone()
         };
         let dim = spec.dimension;
-        let clustering =
-            tokio::task::spawn_blocking(move || pulse_trends::hdbscan(&data, dim, &params))
-                .await
-                .map_err(|e| JobError::Internal(format!("clustering stopped: {e}")))??;
+        let device = spec.device.clone();
+        let clustering = tokio::task::spawn_blocking(move || {
+            pulse_trends::hdbscan_on(&data, dim, &params, &device)
+        })
+        .await
+        .map_err(|e| JobError::Internal(format!("clustering stopped: {e}")))??;
         tracing::info!(
             brand = %spec.brand, signals = n, clusters = clustering.n_clusters,
             seconds = clustering.timings.total().as_secs_f64(), "clustered"
@@ -803,6 +809,7 @@ mod tests {
             dimension: DIM,
             window: (0, 20 * 60_000),
             params: Params::new(5),
+            device: Device::Cpu,
             requested: ParamsRecord::default(),
             idempotency_key: key.into(),
         }

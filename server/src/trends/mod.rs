@@ -302,6 +302,7 @@ impl pb::trend_service_server::TrendService for TrendApi {
             dimension: model.info().dimension,
             window,
             params,
+            device: model.device().clone(),
             requested,
             idempotency_key: request.idempotency_key,
         });

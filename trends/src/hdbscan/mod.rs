@@ -17,6 +17,7 @@ mod approximate;
 mod mst;
 mod tree;
 
+use candle_core::Device;
 use pulse_kernels::distance::{self, DistanceError, Rows};
 use std::fmt;
 use std::str::FromStr;
@@ -191,8 +192,21 @@ pub struct Clustering {
     pub timings: Timings,
 }
 
-/// Clusters `data` (`n × dim` row-major) with HDBSCAN.
+/// Clusters `data` (`n × dim` row-major) with HDBSCAN on the CPU.
 pub fn hdbscan(data: &[f32], dim: usize, params: &Params) -> Result<Clustering, HdbscanError> {
+    hdbscan_on(data, dim, params, &Device::Cpu)
+}
+
+/// [`hdbscan`] with the exact nearest-neighbour pass (most of its work) on
+/// `device`: a CUDA GPU when pulse is built with `cuda`. The lists' distances
+/// are recomputed exactly on the CPU either way, so both devices give the
+/// same clusters. The approximate mode runs on the CPU.
+pub fn hdbscan_on(
+    data: &[f32],
+    dim: usize,
+    params: &Params,
+    device: &Device,
+) -> Result<Clustering, HdbscanError> {
     params.validate()?;
     let rows = Rows::new(data, dim)?;
     let n = rows.len();
@@ -229,7 +243,7 @@ pub fn hdbscan(data: &[f32], dim: usize, params: &Params) -> Result<Clustering, 
     };
     let found = match &file {
         Some(file) => file.knn(k)?,
-        None => distance::knn(points, k),
+        None => distance::knn_on(points, k, device)?,
     };
     let lists = mst::NeighbourLists::refined(points, &found);
     drop(found);

@@ -97,8 +97,34 @@ pub struct ServeArgs {
     /// limited to (`KEY brand1,brand2`); without it no key is asked for.
     #[arg(long, env = "PULSE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Requests per second each API key may make, unless its line in the
+    /// key file says otherwise (`requests_per_second=N`); 0: no limit.
+    #[arg(long, env = "PULSE_KEY_REQUESTS_PER_SECOND", default_value = "0")]
+    pub key_requests_per_second: f64,
+    /// Tokens per second each API key may have embedded, unless its line
+    /// says otherwise (`tokens_per_second=N`); 0: no limit.
+    #[arg(long, env = "PULSE_KEY_TOKENS_PER_SECOND", default_value = "0")]
+    pub key_tokens_per_second: f64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub llm: LlmArgs,
+}
+
+/// TLS on both listeners, gRPC and HTTP; without `--tls-cert` both are
+/// plain text.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain the server presents (leaf first); needs --tls-key.
+    #[arg(long, env = "PULSE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "PULSE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must then present a certificate one of
+    /// them signed (mutual TLS).
+    #[arg(long, env = "PULSE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The LLM summary path. Without `--llm-base-url` there is no provider and
@@ -306,6 +332,20 @@ pub struct ModelSpec {
 }
 
 impl ServeArgs {
+    /// The per-key limits of keys whose line names none.
+    pub fn key_limits(&self) -> anyhow::Result<crate::auth::KeyLimits> {
+        let rate = |value: f64, flag: &str| -> anyhow::Result<Option<f64>> {
+            if !(value.is_finite() && value >= 0.0) {
+                bail!("--{flag} must be a number ≥ 0 (0: no limit), not {value}");
+            }
+            Ok((value > 0.0).then_some(value))
+        };
+        Ok(crate::auth::KeyLimits {
+            requests_per_second: rate(self.key_requests_per_second, "key-requests-per-second")?,
+            tokens_per_second: rate(self.key_tokens_per_second, "key-tokens-per-second")?,
+        })
+    }
+
     pub fn model_specs(&self) -> anyhow::Result<Vec<ModelSpec>> {
         let mut specs: Vec<ModelSpec> = Vec::new();
         for entry in &self.models {

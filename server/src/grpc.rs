@@ -1,5 +1,6 @@
 //! The gRPC services: `pulse.v1.EmbeddingService` and `pulse.v1.ModelService`.
 
+use crate::auth::Quota;
 use crate::batcher::{JobError, Priority, SubmitError};
 use crate::models::{EmbedError, EmbedOptions, EmbedOutcome, ItemFailure, Registry, ServedModel};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -32,9 +33,10 @@ impl EmbeddingApi {
         request: pb::EmbedRequest,
         deadline: Option<Instant>,
         streamed: bool,
+        quota: Option<Arc<Quota>>,
     ) -> Result<pb::EmbedResponse, Status> {
         let started = Instant::now();
-        let outcome = self.run(&request, deadline, streamed).await;
+        let outcome = self.run(&request, deadline, streamed, quota).await;
         let label = match &outcome {
             Ok(_) => "ok".to_string(),
             Err(status) => format!("{:?}", status.code()),
@@ -51,6 +53,7 @@ impl EmbeddingApi {
         request: &pb::EmbedRequest,
         deadline: Option<Instant>,
         streamed: bool,
+        quota: Option<Arc<Quota>>,
     ) -> Result<(String, EmbedOutcome), Status> {
         if request.inputs.is_empty() {
             return Err(Status::invalid_argument("the request has no inputs"));
@@ -76,6 +79,7 @@ impl EmbeddingApi {
             truncate: request.truncate.unwrap_or(true),
             priority,
             deadline,
+            quota,
         };
         let texts: Vec<String> = request.inputs.iter().map(|i| i.text.clone()).collect();
         let outcome = model.embed(&texts, &options).await.map_err(status_of)?;
@@ -98,6 +102,7 @@ pub fn status_of(err: EmbedError) -> Status {
         }
         EmbedError::Job(e @ JobError::Inference(_)) => Status::internal(e.to_string()),
         EmbedError::WorkerGone => Status::unavailable(err.to_string()),
+        EmbedError::RateLimited(limited) => limited.status(),
     }
 }
 
@@ -174,8 +179,9 @@ impl pb::embedding_service_server::EmbeddingService for EmbeddingApi {
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let deadline = deadline_of(&request);
+        let quota = Quota::of(&request);
         let response = self
-            .embed_one(request.into_inner(), deadline, false)
+            .embed_one(request.into_inner(), deadline, false, quota)
             .await?;
         Ok(Response::new(response))
     }
@@ -187,6 +193,7 @@ impl pb::embedding_service_server::EmbeddingService for EmbeddingApi {
         request: Request<Streaming<pb::EmbedRequest>>,
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
         let deadline = deadline_of(&request);
+        let quota = Quota::of(&request);
         let mut incoming = request.into_inner();
         let window = self.limits.stream_window;
         let (sender, receiver) = mpsc::channel(window);
@@ -200,8 +207,8 @@ impl pb::embedding_service_server::EmbeddingService for EmbeddingApi {
                     // back-pressure a fast client feels.
                     next = incoming.next(), if reading && in_flight.len() < window => match next {
                         Some(Ok(request)) => {
-                            let api = api.clone();
-                            in_flight.push_back(async move { api.embed_one(request, deadline, true).await });
+                            let (api, quota) = (api.clone(), quota.clone());
+                            in_flight.push_back(async move { api.embed_one(request, deadline, true, quota).await });
                         }
                         Some(Err(status)) => {
                             tracing::debug!(%status, "embed stream ended by the client");

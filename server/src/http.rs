@@ -1,16 +1,16 @@
 //! HTTP beside gRPC: OpenAI-compatible `POST /v1/embeddings`, `GET /health`,
 //! `GET /ready` and Prometheus `GET /metrics`.
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, Quota, RateLimited};
 use crate::batcher::Priority;
 use crate::grpc::{Limits, status_of};
-use crate::models::{EmbedOptions, Registry};
+use crate::models::{EmbedError, EmbedOptions, Registry};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -42,21 +42,45 @@ pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// The API routes need a known key when keys are configured; health, readiness
-/// and metrics stay open for probes and scrapers.
-async fn require_key(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+/// The API routes need a known key when keys are configured, within its
+/// requests per second; health, readiness and metrics stay open for probes
+/// and scrapers. The key's quota goes on with the request.
+async fn require_key(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
     if let Some(keys) = &state.api_keys {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        if let Err(why) = keys.authorise(header("authorization"), header("x-api-key")) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                None,
-                why.to_string(),
-            );
+        let grant = match keys.authorise(header("authorization"), header("x-api-key")) {
+            Ok(grant) => grant,
+            Err(why) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    None,
+                    why.to_string(),
+                );
+            }
+        };
+        if let Some(quota) = grant.quota {
+            if let Err(limited) = quota.take_request() {
+                return rate_limited(&limited);
+            }
+            request.extensions_mut().insert(quota);
         }
     }
     next.run(request).await
+}
+
+/// 429 with `Retry-After`, in the OpenAI error shape.
+fn rate_limited(limited: &RateLimited) -> Response {
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        None,
+        limited.to_string(),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, limited.retry_after_seconds().into());
+    response
 }
 
 async fn ready(State(state): State<HttpState>) -> Response {
@@ -132,13 +156,15 @@ fn http_status(code: tonic::Code) -> StatusCode {
 
 async fn embeddings(
     State(state): State<HttpState>,
+    quota: Option<Extension<Arc<Quota>>>,
     body: Result<Json<EmbeddingsRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(request) = match body {
         Ok(body) => body,
         Err(rejection) => {
+            // 413 for a body over --max-message-bytes, 400 or 415 otherwise.
             return error(
-                StatusCode::BAD_REQUEST,
+                rejection.status(),
                 "invalid_request_error",
                 None,
                 rejection.body_text(),
@@ -224,9 +250,11 @@ async fn embeddings(
             Priority::Interactive
         },
         deadline: None,
+        quota: quota.map(|Extension(quota)| quota),
     };
     let outcome = match model.embed(&texts, &options).await {
         Ok(outcome) => outcome,
+        Err(EmbedError::RateLimited(limited)) => return rate_limited(&limited),
         Err(err) => {
             let status = status_of(err);
             return error(

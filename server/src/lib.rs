@@ -6,8 +6,10 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod models;
+mod rate;
 pub mod signals;
 pub mod summaries;
+pub mod tls;
 pub mod trends;
 
 use crate::batcher::BatcherConfig;
@@ -24,7 +26,9 @@ use pulse_proto::v1::model_service_server::ModelServiceServer;
 use pulse_proto::v1::signal_service_server::SignalServiceServer;
 use pulse_proto::v1::trend_service_server::TrendServiceServer;
 use pulse_store::{EmbeddedStore, RemoteOptions, RemoteStore, VectorStore};
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -67,13 +71,15 @@ impl Server {
         let summary_config = args.llm.summary_config()?;
         let prompt_template =
             summaries::prompt::PromptTemplate::load(args.llm.llm_prompt_file.as_deref())?;
+        let key_limits = args.key_limits()?;
         let api_keys = args
             .api_key_file
             .as_deref()
-            .map(auth::ApiKeys::load)
+            .map(|path| auth::ApiKeys::load(path, key_limits))
             .transpose()?
             .map(Arc::new);
         let with_key = auth::interceptor(api_keys.clone());
+        let tls = tls::Tls::load(&args.tls)?;
         let embedder_options = args.engine.embedder_options();
         let batching = BatcherConfig {
             max_batch_tokens: args.max_batch_tokens.get(),
@@ -198,7 +204,14 @@ impl Server {
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let grpc = tonic::transport::Server::builder()
+        let mut grpc = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            grpc = grpc
+                .tls_config(tls.grpc.clone())
+                .context("cannot use the TLS certificate for gRPC")?;
+            tracing::info!(mutual = tls.mutual, "TLS on gRPC and HTTP");
+        }
+        let grpc = grpc
             .add_service(health_service)
             .add_service(reflection)
             .add_service(InterceptedService::new(embedding, with_key.clone()))
@@ -210,13 +223,34 @@ impl Server {
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 until_stopped(stopped.clone()),
             );
-        let http_listener = http_listener.tap_io(|stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        let http: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match &tls {
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let on_stop = handle.clone();
+                let stopping = until_stopped(stopped.clone());
+                tokio::spawn(async move {
+                    stopping.await;
+                    on_stop.graceful_shutdown(None);
+                });
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls.http.clone())
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                let server = axum_server::from_tcp(http_listener.into_std()?)?
+                    .acceptor(acceptor)
+                    .handle(handle)
+                    .serve(router.into_make_service());
+                Box::pin(server)
             }
-        });
-        let http = axum::serve(http_listener, router)
-            .with_graceful_shutdown(until_stopped(stopped.clone()));
+            None => {
+                let http_listener = http_listener.tap_io(|stream| {
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                    }
+                });
+                let server = axum::serve(http_listener, router)
+                    .with_graceful_shutdown(until_stopped(stopped.clone()));
+                Box::pin(server.into_future())
+            }
+        };
 
         let warm_registry = registry.clone();
         let task = tokio::spawn(async move {
@@ -227,6 +261,7 @@ impl Server {
                         truncate: true,
                         priority: batcher::Priority::Interactive,
                         deadline: None,
+                        quota: None,
                     };
                     if let Err(err) = model.embed(&["warm-up".to_string()], &options).await {
                         tracing::error!(model = %model.name, error = %err, "warm-up failed");
@@ -237,7 +272,7 @@ impl Server {
                 ready.store(true, Ordering::Release);
                 tracing::info!("serving");
             };
-            let (grpc_result, http_result, ()) = tokio::join!(grpc, async { http.await }, warm_up);
+            let (grpc_result, http_result, ()) = tokio::join!(grpc, http, warm_up);
             if let Some(maintenance) = maintenance {
                 let _ = maintenance.await;
             }

@@ -1,6 +1,7 @@
 //! The models a server runs, and the one embedding path both APIs share:
 //! cache lookup, tokenizing, per-item validation, queueing, normalising.
 
+use crate::auth::{Quota, RateLimited};
 use crate::batcher::{Batcher, BatcherConfig, JobError, Priority, SubmitError};
 use lru::LruCache;
 use pulse_models::{Embedder, EmbedderOptions, ModelInfo, TokenizedText};
@@ -36,6 +37,8 @@ pub struct EmbedOptions {
     pub truncate: bool,
     pub priority: Priority,
     pub deadline: Option<Instant>,
+    /// The caller's API-key quota, charged the tokens to compute.
+    pub quota: Option<Arc<Quota>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +82,8 @@ pub enum EmbedError {
     DeadlineExceeded,
     #[error("the model worker stopped before answering")]
     WorkerGone,
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
 }
 
 impl ServedModel {
@@ -201,6 +206,9 @@ impl ServedModel {
                 }
             }
             if !queued.is_empty() {
+                if let Some(quota) = &options.quota {
+                    quota.take_tokens(queued.iter().map(|(_, t)| t.len()).sum())?;
+                }
                 let job_texts: Vec<TokenizedText> = queued.iter().map(|(_, t)| t.clone()).collect();
                 let reply = self
                     .batcher

@@ -1,7 +1,7 @@
 //! `pulse.v1.SignalService`: brand signals in, embedded, stored with their
 //! payload; similarity search, lookup, delete and count on top.
 
-use crate::auth::Access;
+use crate::auth::{Access, Quota};
 use crate::batcher::Priority;
 use crate::grpc::status_of;
 use crate::models::{EmbedOptions, Registry, ServedModel};
@@ -196,6 +196,7 @@ impl SignalApi {
         &self,
         model: &ServedModel,
         signals: Vec<pb::Signal>,
+        quota: Option<Arc<Quota>>,
     ) -> Result<Vec<pb::SignalResult>, Status> {
         let mut results: Vec<pb::SignalResult> = signals
             .iter()
@@ -222,6 +223,7 @@ impl SignalApi {
             truncate: true,
             priority: Priority::Bulk,
             deadline: None,
+            quota,
         };
         let outcome = model.embed(&texts, &options).await.map_err(status_of)?;
         let now = std::time::SystemTime::now()
@@ -293,6 +295,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
         request: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
         let access = Access::of(&request);
+        let quota = Quota::of(&request);
         let request = request.into_inner();
         for signal in &request.signals {
             access.allow(&signal.brand)?;
@@ -308,7 +311,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
             )));
         }
         let model = self.model(&request.model)?;
-        let results = SignalApi::ingest(self, &model, request.signals).await?;
+        let results = SignalApi::ingest(self, &model, request.signals, quota).await?;
         let stored = results.iter().filter(|r| r.stored).count() as u32;
         Ok(Response::new(pb::IngestResponse {
             rejected: results.len() as u32 - stored,
@@ -329,6 +332,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
                 .unwrap_or(""),
         )?;
         let access = Access::of(&request);
+        let quota = Quota::of(&request);
         let mut incoming = request.into_inner().ready_chunks(STREAM_CHUNK);
         let mut summary = pb::IngestSummary::default();
         while let Some(chunk) = incoming.next().await {
@@ -336,7 +340,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
             for signal in &signals {
                 access.allow(&signal.brand)?;
             }
-            for result in SignalApi::ingest(self, &model, signals).await? {
+            for result in SignalApi::ingest(self, &model, signals, quota.clone()).await? {
                 if result.stored {
                     summary.stored += 1;
                 } else {
@@ -353,6 +357,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let access = Access::of(&request);
+        let quota = Quota::of(&request);
         let request = request.into_inner();
         access.allow(filter_brand(&request.filter))?;
         let model = self.model(&request.model)?;
@@ -367,6 +372,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
                     truncate: true,
                     priority: Priority::Interactive,
                     deadline: None,
+                    quota,
                 };
                 let outcome = model.embed(&[text], &options).await.map_err(status_of)?;
                 match outcome.items.into_iter().next() {

@@ -246,3 +246,157 @@ async fn keys_are_required_and_brands_are_enforced() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A key's requests and tokens per second: over the limit a call gets
+/// `RESOURCE_EXHAUSTED` with retry info (gRPC) or 429 with `Retry-After`
+/// (HTTP), and after that wait it is served again. An oversized message is
+/// refused with its own status, and the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_with_retry_info_and_recover() {
+    use tonic_types::StatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        "sk-slow requests_per_second=1\nsk-tokens tokens_per_second=12\nsk-free requests_per_second=0\n",
+    )
+    .unwrap();
+    let server = start(&[
+        "--api-key-file",
+        keys.to_str().unwrap(),
+        "--key-requests-per-second",
+        "50",
+        "--max-message-bytes",
+        "4096",
+    ])
+    .await;
+    let mut embedding = EmbeddingServiceClient::new(channel(&server).await);
+
+    // One request a second: the second call at once is refused...
+    embedding
+        .embed(with_key(embed(), Some("sk-slow")))
+        .await
+        .unwrap();
+    let status = embedding
+        .embed(with_key(embed(), Some("sk-slow")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("1 requests per second"),
+        "{}",
+        status.message()
+    );
+    let wait = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("retry info");
+    assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1));
+    assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
+    // ...and served once the wait has passed.
+    tokio::time::sleep(wait).await;
+    embedding
+        .embed(with_key(embed(), Some("sk-slow")))
+        .await
+        .unwrap();
+
+    // Twelve tokens a second: "count these tokens" is 5 with the special
+    // tokens (a text new to the cache: hits cost nothing), and a text of 20
+    // words needs more than what is left after it.
+    let mut short = embed();
+    short.inputs[0].text = "count these tokens".into();
+    embedding
+        .embed(with_key(short, Some("sk-tokens")))
+        .await
+        .unwrap();
+    let mut long = embed();
+    long.inputs[0].text = "word ".repeat(20);
+    let status = embedding
+        .embed(with_key(long.clone(), Some("sk-tokens")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("tokens per second"),
+        "{}",
+        status.message()
+    );
+    let wait = status
+        .get_details_retry_info()
+        .and_then(|i| i.retry_delay)
+        .unwrap();
+    tokio::time::sleep(wait).await;
+    embedding
+        .embed(with_key(long, Some("sk-tokens")))
+        .await
+        .unwrap();
+
+    // Over HTTP: 429 with Retry-After, for the slow key.
+    let base = format!("http://{}", server.http_addr);
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        wait_for_the_bucket_to_refill();
+        let post = || match ureq::post(&format!("{base}/v1/embeddings"))
+            .set("authorization", "Bearer sk-slow")
+            .send_json(serde_json::json!({"input": "hello"}))
+        {
+            Ok(response) => (response.status(), None),
+            Err(ureq::Error::Status(code, response)) => {
+                (code, response.header("retry-after").map(str::to_string))
+            }
+            Err(err) => panic!("{err}"),
+        };
+        (post(), post())
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.0, 200);
+    assert_eq!(second, (429, Some("1".to_string())));
+
+    // The default (50 a second) does not get in the way; 0 lifts it.
+    for _ in 0..3 {
+        embedding
+            .embed(with_key(embed(), Some("sk-free")))
+            .await
+            .unwrap();
+    }
+
+    // A message over --max-message-bytes is refused as such, and the server
+    // keeps serving.
+    let mut huge = embed();
+    huge.inputs[0].text = "x".repeat(10_000);
+    let status = embedding
+        .embed(with_key(huge, Some("sk-free")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("message length too large"),
+        "{}",
+        status.message()
+    );
+    embedding
+        .embed(with_key(embed(), Some("sk-free")))
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let too_large = tokio::task::spawn_blocking(move || {
+        match ureq::post(&format!("{base}/v1/embeddings"))
+            .set("authorization", "Bearer sk-free")
+            .send_json(serde_json::json!({"input": "x".repeat(10_000)}))
+        {
+            Ok(response) => response.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(err) => panic!("{err}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(too_large, 413);
+    server.shutdown().await.unwrap();
+}
+
+/// The slow key's bucket was emptied by the gRPC calls above; a second's
+/// wait refills it before the HTTP pair.
+fn wait_for_the_bucket_to_refill() {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+}

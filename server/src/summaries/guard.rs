@@ -7,56 +7,24 @@
 //! bucket must be charged the difference once the provider reports what
 //! the call really used, which `governor`'s cells cannot be.
 
+use crate::rate::TokenBucket;
 use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A bucket that refills continuously at `per_minute` and holds at most a
-/// minute's worth.
-#[derive(Debug)]
-struct Bucket {
-    per_minute: f64,
-    level: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(per_minute: u32, now: Instant) -> Self {
-        Self {
-            per_minute: f64::from(per_minute),
-            level: f64::from(per_minute),
-            at: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.level = (self.level + elapsed * self.per_minute / 60.0).min(self.per_minute);
-        self.at = now;
-    }
-
-    /// How long until `amount` is available (zero when it is now). An amount
-    /// above the capacity waits for a full bucket and then overdraws it.
-    fn wait_for(&self, amount: f64) -> Duration {
-        let needed = amount.min(self.per_minute) - self.level;
-        if needed <= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(needed * 60.0 / self.per_minute)
-        }
-    }
-}
-
 /// Requests and tokens per minute; 0 turns a limit off.
 #[derive(Debug)]
 pub struct RateLimiter {
-    buckets: Mutex<(Option<Bucket>, Option<Bucket>)>,
+    buckets: Mutex<(Option<TokenBucket>, Option<TokenBucket>)>,
 }
 
 impl RateLimiter {
     pub fn new(requests_per_minute: u32, tokens_per_minute: u32) -> Self {
         let now = Instant::now();
-        let bucket = |rate: u32| (rate > 0).then(|| Bucket::new(rate, now));
+        // A minute's worth at most.
+        let bucket = |rate: u32| {
+            (rate > 0).then(|| TokenBucket::new(f64::from(rate) / 60.0, f64::from(rate), now))
+        };
         Self {
             buckets: Mutex::new((bucket(requests_per_minute), bucket(tokens_per_minute))),
         }
@@ -80,10 +48,10 @@ impl RateLimiter {
                 }
                 if wait.is_zero() {
                     if let Some(b) = requests.as_mut() {
-                        b.level -= 1.0;
+                        b.take(1.0);
                     }
                     if let Some(b) = token_bucket.as_mut() {
-                        b.level -= f64::from(tokens);
+                        b.take(f64::from(tokens));
                     }
                     return;
                 }
@@ -97,7 +65,7 @@ impl RateLimiter {
     /// for it beforehand (a refund when it used less).
     pub fn settle(&self, estimated: u32, used: u32) {
         if let Some(b) = self.buckets.lock().1.as_mut() {
-            b.level -= f64::from(used) - f64::from(estimated);
+            b.take(f64::from(used) - f64::from(estimated));
         }
     }
 }

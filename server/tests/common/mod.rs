@@ -40,6 +40,14 @@ impl Running {
 /// Starts a server on free loopback ports; its data lives in a temporary
 /// directory unless `extra` names one.
 pub async fn start(extra: &[&str]) -> Running {
+    let running = start_unwaited(extra).await;
+    wait_until_serving(&running.server).await;
+    running
+}
+
+/// As [`start`], without waiting for the models to warm up (which asks over
+/// plain-text gRPC).
+pub async fn start_unwaited(extra: &[&str]) -> Running {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap().to_string();
     let mut args = vec!["pulse"];
@@ -59,7 +67,6 @@ pub async fn start(extra: &[&str]) -> Running {
     args.extend_from_slice(extra);
     let args = TestArgs::parse_from(args).serve;
     let server = Server::start(&args).await.expect("server starts");
-    wait_until_serving(&server).await;
     Running {
         server,
         _data: data,

@@ -85,7 +85,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     let offline = offline_throughput(&args.model, args.threads, &texts, 32, 10)?;
     eprintln!("offline embedding: {offline:.1} texts/s");
 
-    let (child, address, data_dir) = start_server(&args.model, args.threads)?;
+    let (child, address, data_dir) = start_server(&args.model, args.threads, &[])?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -86,7 +86,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let address = match &args.server {
         Some(address) => address.clone(),
         None => {
-            let (child, address, data_dir) = start_server(&args.model, args.threads)?;
+            let (child, address, data_dir) = start_server(&args.model, args.threads, &[])?;
             started = Some((child, data_dir));
             address
         }
@@ -161,10 +161,12 @@ pub fn offline_throughput(
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Starts `pulse serve` on free ports with a data directory of its own.
+/// Starts `pulse serve` on free ports with a data directory of its own;
+/// `extra` flags go after the defaults.
 pub fn start_server(
     model: &str,
     threads: Option<usize>,
+    extra: &[String],
 ) -> anyhow::Result<(Child, String, PathBuf)> {
     let pulse = std::env::current_exe()?
         .parent()
@@ -190,6 +192,7 @@ pub fn start_server(
     if let Some(threads) = threads {
         command.args(["--threads", &threads.to_string()]);
     }
+    command.args(extra);
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -5,6 +5,7 @@ mod embed;
 mod gpu;
 mod ingest;
 mod load;
+mod storm;
 mod workloads;
 
 use anyhow::Context;
@@ -33,6 +34,9 @@ enum Command {
     /// The CUDA path: encoder tokens/s in f16/bf16 and the kNN kernel
     /// (needs `--features cuda` and a GPU).
     Gpu(gpu::GpuArgs),
+    /// A bounded flood of valid and invalid requests at high concurrency:
+    /// only the expected statuses, no crash, memory sampled.
+    Storm(storm::StormArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Gpu(args) => gpu::run(args),
+        Command::Storm(args) => storm::run(args),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `pulse-bench cluster`: HDBSCAN on embedding-like vectors at several sizes,
 //! beside the Python `hdbscan` package on the same data when it is installed.
 
-use crate::{cpu_name, workloads, write_report};
+use crate::{cpu_name, median_run, workloads, write_report};
 use anyhow::{Context, bail};
 use pulse_models::DeviceSpec;
 use pulse_trends::quality::adjusted_rand_index;
@@ -158,23 +158,6 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         results,
     };
     write_report(&args.out_dir, "cluster", &report, &markdown(&report))
-}
-
-/// Runs `cluster` `repeat` times; the run with the median wall time and
-/// that time.
-fn median_run<T, E>(
-    repeat: usize,
-    mut cluster: impl FnMut() -> Result<T, E>,
-) -> Result<(T, f64), E> {
-    let mut runs = Vec::with_capacity(repeat);
-    for _ in 0..repeat {
-        let started = Instant::now();
-        let result = cluster()?;
-        runs.push((result, started.elapsed().as_secs_f64()));
-    }
-    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let middle = runs.len() / 2;
-    Ok(runs.swap_remove(middle))
 }
 
 fn run_python(

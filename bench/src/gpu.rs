@@ -2,7 +2,7 @@
 //! encoder tokens/s for the CPU benchmark's two workloads at several batch
 //! sizes in f16 and bf16, and the k-nearest-neighbour kernel at scale.
 
-use crate::{workloads, write_report};
+use crate::{median_run, workloads, write_report};
 use anyhow::{Context, bail};
 use pulse_models::{
     DEFAULT_MODEL, DTypeSpec, DeviceSpec, Embedder, EmbedderOptions, TokenizedText,
@@ -115,17 +115,15 @@ pub fn run(args: GpuArgs) -> anyhow::Result<()> {
             let tokens: usize = tokenized.iter().map(TokenizedText::len).sum();
             for &batch_size in &args.batch_sizes {
                 embedder.embed(&texts[..batch_size.min(texts.len())])?;
-                let whole = median_seconds(args.repeats, || {
-                    for batch in texts.chunks(batch_size) {
-                        embedder.embed(batch)?;
-                    }
-                    Ok(())
+                let (_, whole) = median_run(args.repeats, || {
+                    texts
+                        .chunks(batch_size)
+                        .try_for_each(|batch| embedder.embed(batch).map(drop))
                 })?;
-                let model = median_seconds(args.repeats, || {
-                    for batch in tokenized.chunks(batch_size) {
-                        embedder.embed_tokenized(batch)?;
-                    }
-                    Ok(())
+                let (_, model) = median_run(args.repeats, || {
+                    tokenized
+                        .chunks(batch_size)
+                        .try_for_each(|batch| embedder.embed_tokenized(batch).map(drop))
                 })?;
                 let run = EncoderRun {
                     dtype: embedder.info().dtype.clone(),
@@ -152,9 +150,8 @@ pub fn run(args: GpuArgs) -> anyhow::Result<()> {
         let rows = pulse_kernels::distance::Rows::new(&points, args.dim)?;
         // Loads the module and warms the allocator.
         pulse_kernels::distance::knn_on(rows, args.k, &device)?;
-        let seconds = median_seconds(args.repeats, || {
-            pulse_kernels::distance::knn_on(rows, args.k, &device)?;
-            Ok(())
+        let (_, seconds) = median_run(args.repeats, || {
+            pulse_kernels::distance::knn_on(rows, args.k, &device)
         })?;
         let tflops = 3.0 * (n as f64).powi(2) * args.dim as f64 / seconds / 1e12;
         eprintln!(
@@ -192,20 +189,6 @@ pub fn run(args: GpuArgs) -> anyhow::Result<()> {
         knn,
     };
     write_report(&args.out_dir, "gpu", &report, &markdown(&report))
-}
-
-fn median_seconds(
-    repeats: usize,
-    mut pass: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<f64> {
-    let mut seconds = Vec::with_capacity(repeats);
-    for _ in 0..repeats {
-        let started = Instant::now();
-        pass()?;
-        seconds.push(started.elapsed().as_secs_f64());
-    }
-    seconds.sort_by(f64::total_cmp);
-    Ok(seconds[seconds.len() / 2])
 }
 
 /// The GPU's name as nvidia-smi gives it, where it can.

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::path::Path;
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(name = "pulse-bench", about = "Benchmarks for pulse")]
@@ -78,4 +79,21 @@ pub fn cpu_name() -> String {
                 .map(|name| name.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Runs `work` `repeat` times; the run with the median wall time and that
+/// time.
+pub fn median_run<T, E>(
+    repeat: usize,
+    mut work: impl FnMut() -> Result<T, E>,
+) -> Result<(T, f64), E> {
+    let mut runs = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let started = Instant::now();
+        let result = work()?;
+        runs.push((result, started.elapsed().as_secs_f64()));
+    }
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let middle = runs.len() / 2;
+    Ok(runs.swap_remove(middle))
 }

@@ -309,19 +309,18 @@ async fn send(channel: &Channel, kind: Kind, i: usize) -> String {
         }],
         model: String::new(),
     };
-    let code = |status: tonic::Status| format!("{:?}", status.code());
     match kind {
         Kind::Embed => match embed
             .embed(keyed(embed_request(vec![text(i)], "", None)))
             .await
         {
             Ok(_) => "Ok".into(),
-            Err(status) => code(status),
+            Err(status) => status_name(&status),
         },
         Kind::Ingest => match signals.ingest(keyed(ingest("storm"))).await {
             Ok(reply) if reply.get_ref().stored == 1 => "Ok".into(),
             Ok(_) => "rejected".into(),
-            Err(status) => code(status),
+            Err(status) => status_name(&status),
         },
         Kind::TooLongNotTruncated => {
             let long = "word ".repeat(600);
@@ -338,7 +337,7 @@ async fn send(channel: &Channel, kind: Kind, i: usize) -> String {
                     Some(pb::embed_result::Outcome::Error(_)) => "item error".into(),
                     _ => "Ok".into(),
                 },
-                Err(status) => code(status),
+                Err(status) => status_name(&status),
             }
         }
         Kind::NoInputs => result(
@@ -368,18 +367,19 @@ async fn send(channel: &Channel, kind: Kind, i: usize) -> String {
                 .embed(Request::new(embed_request(vec![text(i)], "", None)))
                 .await,
         ),
-        Kind::OtherBrand => match signals.ingest(keyed(ingest("not-storm"))).await {
-            Ok(_) => "Ok".into(),
-            Err(status) => code(status),
-        },
+        Kind::OtherBrand => result(signals.ingest(keyed(ingest("not-storm"))).await),
     }
 }
 
 fn result<T>(reply: Result<T, tonic::Status>) -> String {
     match reply {
         Ok(_) => "Ok".into(),
-        Err(status) => format!("{:?}", status.code()),
+        Err(status) => status_name(&status),
     }
+}
+
+fn status_name(status: &tonic::Status) -> String {
+    format!("{:?}", status.code())
 }
 
 fn markdown(report: &Report) -> String {

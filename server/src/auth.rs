@@ -120,8 +120,8 @@ impl RateLimited {
 /// through on a full bucket and leaves it in debt).
 #[derive(Debug)]
 pub struct Quota {
-    requests: Option<(f64, Mutex<TokenBucket>)>,
-    tokens: Option<(f64, Mutex<TokenBucket>)>,
+    requests: Option<Mutex<TokenBucket>>,
+    tokens: Option<Mutex<TokenBucket>>,
 }
 
 impl Quota {
@@ -129,7 +129,7 @@ impl Quota {
     fn new(limits: KeyLimits) -> Option<Quota> {
         let now = Instant::now();
         let bucket = |rate: Option<f64>| {
-            rate.map(|rate| (rate, Mutex::new(TokenBucket::new(rate, rate.max(1.0), now))))
+            rate.map(|rate| Mutex::new(TokenBucket::new(rate, rate.max(1.0), now)))
         };
         let quota = Quota {
             requests: bucket(limits.requests_per_second),
@@ -153,26 +153,21 @@ impl Quota {
 }
 
 fn take(
-    bucket: &Option<(f64, Mutex<TokenBucket>)>,
+    bucket: &Option<Mutex<TokenBucket>>,
     what: &'static str,
     amount: f64,
 ) -> Result<(), RateLimited> {
-    let Some((limit, bucket)) = bucket else {
+    let Some(bucket) = bucket else {
         return Ok(());
     };
     let mut bucket = bucket.lock();
-    bucket.refill(Instant::now());
-    let retry_after = bucket.wait_for(amount);
-    if retry_after.is_zero() {
-        bucket.take(amount);
-        Ok(())
-    } else {
-        Err(RateLimited {
+    bucket
+        .try_take(amount, Instant::now())
+        .map_err(|retry_after| RateLimited {
             what,
-            limit: *limit,
+            limit: bucket.per_second(),
             retry_after,
         })
-    }
 }
 
 /// What a presented key grants: its brands and its quota.

@@ -46,6 +46,23 @@ impl TokenBucket {
     pub fn take(&mut self, amount: f64) {
         self.level -= amount;
     }
+
+    /// Takes `amount` if it is available at `now`, else says how long until
+    /// it is.
+    pub fn try_take(&mut self, amount: f64, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        let wait = self.wait_for(amount);
+        if wait.is_zero() {
+            self.take(amount);
+            Ok(())
+        } else {
+            Err(wait)
+        }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
 }
 
 #[cfg(test)]
@@ -70,9 +87,17 @@ mod tests {
         );
         bucket.take(10.0);
         assert_eq!(
+            bucket.try_take(1.0, start + Duration::from_secs(60)),
+            Err(Duration::from_millis(3500))
+        );
+        assert_eq!(
             bucket.wait_for(1.0),
             Duration::from_millis(3500),
             "an overdraft is waited out"
         );
+        let later = start + Duration::from_millis(63_500);
+        assert_eq!(bucket.try_take(1.0, later), Ok(()));
+        assert_eq!(bucket.wait_for(1.0), Duration::from_millis(500));
+        assert_eq!(bucket.per_second(), 2.0);
     }
 }

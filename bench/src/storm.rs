@@ -7,6 +7,7 @@
 use crate::load::{start_server, stop_server};
 use crate::{cpu_name, write_report};
 use anyhow::{Context, bail};
+use pulse_bench::memory::rss_mib;
 use pulse_models::DEFAULT_MODEL;
 use pulse_proto::v1 as pb;
 use pulse_proto::v1::embedding_service_client::EmbeddingServiceClient;
@@ -152,19 +153,6 @@ fn scratch_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("pulse-bench-storm-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-/// Resident memory of `pid` in MiB, from /proc.
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
 }
 
 async fn storm(args: &StormArgs, address: &str, pid: u32) -> anyhow::Result<Report> {

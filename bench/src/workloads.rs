@@ -2,7 +2,8 @@
 //! embedding ones, embedding-like vectors for clustering), so every run and
 //! every implementation sees the same data.
 
-const WORDS: &[&str] = &[
+/// Words of brand chatter the synthetic texts are made of.
+pub const WORDS: &[&str] = &[
     "the",
     "new",
     "brand",
@@ -127,11 +128,19 @@ impl Rng {
     }
 }
 
-fn sentence(rng: &mut Rng, words: usize) -> String {
+fn sentence(rng: &mut Rng, vocabulary: &[&str], words: usize) -> String {
     (0..words)
-        .map(|_| WORDS[rng.below(WORDS.len())])
+        .map(|_| vocabulary[rng.below(vocabulary.len())])
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `count` texts of exactly `words` words drawn from `vocabulary`.
+pub fn texts_of(vocabulary: &[&str], count: usize, words: usize, seed: u64) -> Vec<String> {
+    let mut rng = Rng(seed | 1);
+    (0..count)
+        .map(|_| sentence(&mut rng, vocabulary, words))
+        .collect()
 }
 
 /// `count` social-post-sized texts of 8 to 30 words.
@@ -140,7 +149,7 @@ pub fn short_texts(count: usize) -> Vec<String> {
     (0..count)
         .map(|_| {
             let words = 8 + rng.below(23);
-            sentence(&mut rng, words)
+            sentence(&mut rng, WORDS, words)
         })
         .collect()
 }
@@ -148,7 +157,7 @@ pub fn short_texts(count: usize) -> Vec<String> {
 /// `count` texts long enough to fill a 256-token window after truncation.
 pub fn long_texts(count: usize) -> Vec<String> {
     let mut rng = Rng(0x5eed_0002);
-    (0..count).map(|_| sentence(&mut rng, 400)).collect()
+    (0..count).map(|_| sentence(&mut rng, WORDS, 400)).collect()
 }
 
 /// Unit vectors shaped like sentence embeddings of a stream of signals:
@@ -232,6 +241,10 @@ mod tests {
             assert!((8..=30).contains(&words), "{words}");
         }
         assert!(long_texts(3).iter().all(|t| t.split(' ').count() == 400));
+        let texts = texts_of(WORDS, 4, 7, 1);
+        assert_eq!(texts.len(), 4);
+        assert!(texts.iter().all(|t| t.split(' ').count() == 7));
+        assert_ne!(texts[0], texts[1]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! pulse's gRPC protocol, package `pulse.v1`, as tonic client and server code.
 
+pub mod validate;
+
 pub mod v1 {
     tonic::include_proto!("pulse.v1");
 

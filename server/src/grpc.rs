@@ -55,16 +55,7 @@ impl EmbeddingApi {
         streamed: bool,
         quota: Option<Arc<Quota>>,
     ) -> Result<(String, EmbedOutcome), Status> {
-        if request.inputs.is_empty() {
-            return Err(Status::invalid_argument("the request has no inputs"));
-        }
-        if request.inputs.len() > self.limits.max_inputs {
-            return Err(Status::invalid_argument(format!(
-                "the request has {} inputs; the limit is {} per request (--max-inputs)",
-                request.inputs.len(),
-                self.limits.max_inputs
-            )));
-        }
+        pulse_proto::validate::item_count(request.inputs.len(), self.limits.max_inputs, "inputs")?;
         let model = self
             .registry
             .find(&request.model)

@@ -40,6 +40,9 @@ enum Command {
         #[command(subcommand)]
         command: commands::models::ModelsCommand,
     },
+    /// Compare models × devices × lengths × batch sizes: speed, latency,
+    /// memory, load time and quality on labelled texts (as `pulse-bench models`).
+    Bench(Box<pulse_bench::models::ModelsArgs>),
 }
 
 /// `pulse serve`'s arguments alone, for merging in its `--config` file.
@@ -94,6 +97,10 @@ fn main() -> ExitCode {
         Command::Models { command } => {
             init_logging(LogFormat::Text);
             commands::models::run(command)
+        }
+        Command::Bench(args) => {
+            init_logging(LogFormat::Text);
+            pulse_bench::models::run(*args).map(|()| ExitCode::SUCCESS)
         }
     };
     match outcome {

@@ -7,6 +7,7 @@ use crate::grpc::status_of;
 use crate::models::{EmbedOptions, Registry, ServedModel};
 use futures::StreamExt;
 use pulse_proto::v1 as pb;
+use pulse_proto::validate::{self, millis, timestamp};
 use pulse_store::{PointRecord, SignalFilter, StoreError, VectorStore};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -73,39 +74,13 @@ pub(crate) fn store_status(err: StoreError) -> Status {
     }
 }
 
-pub(crate) fn millis(ts: &prost_types::Timestamp) -> Option<i64> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
-        return None;
-    }
-    ts.seconds
-        .checked_mul(1000)?
-        .checked_add(i64::from(ts.nanos) / 1_000_000)
-}
-
-pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
 fn filter_of(filter: Option<pb::SignalFilter>) -> Result<SignalFilter, Status> {
     let filter = filter.unwrap_or_default();
-    let bound = |ts: Option<prost_types::Timestamp>, name: &str| {
-        ts.map(|t| {
-            millis(&t).ok_or_else(|| {
-                Status::invalid_argument(format!("`{name}` is not a valid timestamp"))
-            })
-        })
-        .transpose()
-    };
-    let ts_from = bound(filter.ts_from, "ts_from")?;
-    let ts_to = bound(filter.ts_to, "ts_to")?;
-    if let (Some(from), Some(to)) = (ts_from, ts_to)
-        && from > to
-    {
-        return Err(Status::invalid_argument("`ts_from` is after `ts_to`"));
-    }
+    let (ts_from, ts_to) = validate::time_range(
+        filter.ts_from.as_ref(),
+        filter.ts_to.as_ref(),
+        ["ts_from", "ts_to"],
+    )?;
     Ok(SignalFilter {
         brand: (!filter.brand.is_empty()).then_some(filter.brand),
         sources: filter.sources,
@@ -166,30 +141,6 @@ impl SignalApi {
         Ok(name)
     }
 
-    /// Why `signal` cannot be stored, if it cannot.
-    fn rejection(&self, signal: &pb::Signal) -> Option<String> {
-        if signal.id.is_empty() {
-            return Some("missing id".into());
-        }
-        if signal.brand.is_empty() {
-            return Some("missing brand".into());
-        }
-        if signal.text.trim().is_empty() {
-            return Some("empty text".into());
-        }
-        if signal.text.len() > self.limits.max_text_bytes {
-            return Some(format!(
-                "text is {} bytes; the limit is {} (--max-text-bytes)",
-                signal.text.len(),
-                self.limits.max_text_bytes
-            ));
-        }
-        if signal.ts.as_ref().is_some_and(|ts| millis(ts).is_none()) {
-            return Some("invalid timestamp".into());
-        }
-        None
-    }
-
     /// Embeds and stores `signals`; one result per signal, in order. The
     /// call returns after the store confirmed every stored signal.
     async fn ingest(
@@ -208,7 +159,8 @@ impl SignalApi {
                     point_id(&s.brand, &s.id).to_string()
                 },
                 stored: false,
-                rejection: self.rejection(s).unwrap_or_default(),
+                rejection: validate::signal_rejection(s, self.limits.max_text_bytes)
+                    .unwrap_or_default(),
             })
             .collect();
         let accepted: Vec<usize> = (0..signals.len())
@@ -300,16 +252,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
         for signal in &request.signals {
             access.allow(&signal.brand)?;
         }
-        if request.signals.is_empty() {
-            return Err(Status::invalid_argument("the request has no signals"));
-        }
-        if request.signals.len() > self.limits.max_signals {
-            return Err(Status::invalid_argument(format!(
-                "the request has {} signals; the limit is {} per request (--max-inputs)",
-                request.signals.len(),
-                self.limits.max_signals
-            )));
-        }
+        validate::item_count(request.signals.len(), self.limits.max_signals, "signals")?;
         let model = self.model(&request.model)?;
         let results = SignalApi::ingest(self, &model, request.signals, quota).await?;
         let stored = results.iter().filter(|r| r.stored).count() as u32;
@@ -382,19 +325,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
                 }
             }
             Some(pb::search_request::Query::Vector(vector)) => {
-                let dimension = model.info().dimension;
-                if vector.values.len() != dimension {
-                    return Err(Status::invalid_argument(format!(
-                        "the query vector has {} values; model `{}` makes {dimension}",
-                        vector.values.len(),
-                        model.name
-                    )));
-                }
-                if vector.values.iter().any(|v| !v.is_finite()) {
-                    return Err(Status::invalid_argument(
-                        "the query vector holds NaN or infinity",
-                    ));
-                }
+                validate::query_vector(&vector.values, model.info().dimension, &model.name)?;
                 vector.values
             }
             None => return Err(Status::invalid_argument("give a query text or vector")),
@@ -557,33 +488,6 @@ mod tests {
         assert_eq!(
             collection_name("sentence-transformers/all-MiniLM-L6-v2"),
             "signals__sentence-transformers-all-minilm-l6-v2"
-        );
-    }
-
-    #[test]
-    fn timestamps_round_trip_through_milliseconds() {
-        for ms in [0, 1_700_000_000_123, -1_500] {
-            assert_eq!(millis(&timestamp(ms)), Some(ms));
-        }
-        assert_eq!(
-            millis(&prost_types::Timestamp {
-                seconds: 1,
-                nanos: -1
-            }),
-            None
-        );
-    }
-
-    #[test]
-    fn a_reversed_time_range_is_refused() {
-        let filter = pb::SignalFilter {
-            ts_from: Some(timestamp(2_000)),
-            ts_to: Some(timestamp(1_000)),
-            ..Default::default()
-        };
-        assert_eq!(
-            filter_of(Some(filter)).unwrap_err().code(),
-            tonic::Code::InvalidArgument
         );
     }
 }

@@ -19,6 +19,7 @@
 mod common;
 
 use common::{channel, members, start, succeeded};
+use pulse_bench::labelled::{self, FORTUNES};
 use pulse_proto::v1 as pb;
 use pulse_proto::v1::signal_service_client::SignalServiceClient;
 use pulse_proto::v1::trend_service_client::TrendServiceClient;
@@ -29,7 +30,6 @@ use rand::seq::SliceRandom;
 use std::collections::HashMap;
 use std::path::Path;
 
-const FORTUNES: &str = "/usr/share/games/fortunes";
 /// A little under what was measured at the default stride
 /// (docs/benchmarks.md), so that only a regression fails.
 const V_MEASURE_FLOOR: f64 = 0.19;
@@ -41,26 +41,11 @@ const DEFAULT_STRIDE: usize = 15;
 
 /// (category, text) for every fortune.
 fn fortunes() -> Vec<(String, String)> {
-    let mut files: Vec<_> = std::fs::read_dir(FORTUNES)
-        .unwrap_or_else(|e| {
-            panic!("{FORTUNES}: {e} (scripts/test installs the `fortunes` package)")
-        })
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_none())
-        .collect();
-    files.sort();
-    let mut all = Vec::new();
-    for path in files {
-        let category = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        for text in String::from_utf8_lossy(&bytes).split("\n%\n") {
-            let text = text.trim();
-            if !text.is_empty() {
-                all.push((category.clone(), text.to_string()));
-            }
-        }
-    }
-    all
+    labelled::load(Path::new(FORTUNES), 1)
+        .unwrap_or_else(|e| panic!("{e:#} (scripts/test installs the `fortunes` package)"))
+        .into_iter()
+        .map(|t| (t.label, t.text))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

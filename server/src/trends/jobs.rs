@@ -155,9 +155,9 @@ impl Jobs {
             brand: spec.brand.clone(),
             model: spec.model.clone(),
             state: pb::JobState::Queued as i32,
-            window_from: Some(crate::signals::timestamp(spec.window.0)),
-            window_to: Some(crate::signals::timestamp(spec.window.1)),
-            created: Some(crate::signals::timestamp(now_ms())),
+            window_from: Some(pulse_proto::validate::timestamp(spec.window.0)),
+            window_to: Some(pulse_proto::validate::timestamp(spec.window.1)),
+            created: Some(pulse_proto::validate::timestamp(now_ms())),
             idempotency_key: spec.idempotency_key.clone(),
             ..Default::default()
         };
@@ -219,7 +219,7 @@ impl Jobs {
                 handle.status.send_modify(|job| {
                     job.state = pb::JobState::Running as i32;
                     job.stage = pb::JobStage::Loading as i32;
-                    job.started = Some(crate::signals::timestamp(now_ms()));
+                    job.started = Some(pulse_proto::validate::timestamp(now_ms()));
                 });
                 let work = execute(
                     self.store.as_ref(),
@@ -248,7 +248,7 @@ impl Jobs {
         handle.status.send_modify(|job| {
             job.state = state as i32;
             job.error = error;
-            job.finished = Some(crate::signals::timestamp(now_ms()));
+            job.finished = Some(pulse_proto::validate::timestamp(now_ms()));
         });
         self.remember_ended(id);
         // A job cancelled while queued still hands on its turn only after

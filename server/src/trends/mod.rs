@@ -8,8 +8,9 @@ pub use jobs::{JobSpec, Jobs};
 
 use crate::auth::Access;
 use crate::models::{Registry, ServedModel};
-use crate::signals::{millis, store_status, stored_signal, timestamp};
+use crate::signals::{store_status, stored_signal};
 use pulse_proto::v1 as pb;
+use pulse_proto::validate::{self, timestamp};
 use pulse_store::{FieldValue, SignalFilter, VectorStore};
 use pulse_trends::{Params, Selection};
 use records::{LlmRecord, LlmStatus, ParamsRecord, RunRecord, TrendRecord};
@@ -37,45 +38,6 @@ fn required<'a>(value: &'a str, name: &str) -> Result<&'a str, Status> {
         Err(Status::invalid_argument(format!("`{name}` is required")))
     } else {
         Ok(value)
-    }
-}
-
-/// The window a request names, as inclusive Unix milliseconds.
-fn window_of(request: &pb::ReclusterRequest, now: i64) -> Result<(i64, i64), Status> {
-    let bound = |ts: &Option<prost_types::Timestamp>, name: &str| {
-        ts.as_ref()
-            .map(|t| {
-                millis(t).ok_or_else(|| {
-                    Status::invalid_argument(format!("`{name}` is not a valid timestamp"))
-                })
-            })
-            .transpose()
-    };
-    let from = bound(&request.from, "from")?;
-    let to = bound(&request.to, "to")?;
-    match (&request.last, from, to) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Status::invalid_argument(
-            "give either `last` or `from`/`to`, not both",
-        )),
-        (Some(last), None, None) => {
-            let span = last
-                .seconds
-                .checked_mul(1000)
-                .and_then(|ms| ms.checked_add(i64::from(last.nanos) / 1_000_000))
-                .filter(|&ms| ms > 0)
-                .ok_or_else(|| Status::invalid_argument("`last` must be a positive duration"))?;
-            Ok((now.saturating_sub(span), now))
-        }
-        (None, Some(from), to) => {
-            let to = to.unwrap_or(now);
-            if from > to {
-                return Err(Status::invalid_argument("`from` is after `to`"));
-            }
-            Ok((from, to))
-        }
-        (None, None, _) => Err(Status::invalid_argument(
-            "give a window: `from` (and optionally `to`), or `last`",
-        )),
     }
 }
 
@@ -288,7 +250,7 @@ impl pb::trend_service_server::TrendService for TrendApi {
         let brand = required(&request.brand, "brand")?.to_string();
         access.allow(&brand)?;
         let model = self.model(&request.model)?;
-        let window = window_of(&request, jobs::now_ms())?;
+        let window = validate::window(&request, jobs::now_ms())?;
         let (params, requested) = params_of(request.params)?;
         if request.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
             return Err(Status::invalid_argument(format!(
@@ -504,47 +466,6 @@ impl pb::trend_service_server::TrendService for TrendApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(
-        from: Option<i64>,
-        to: Option<i64>,
-        last_seconds: Option<i64>,
-    ) -> pb::ReclusterRequest {
-        pb::ReclusterRequest {
-            from: from.map(timestamp),
-            to: to.map(timestamp),
-            last: last_seconds.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn windows_are_from_to_or_the_last_duration() {
-        let now = 1_000_000;
-        assert_eq!(
-            window_of(&request(Some(5), Some(9), None), now).unwrap(),
-            (5, 9)
-        );
-        assert_eq!(
-            window_of(&request(Some(5), None, None), now).unwrap(),
-            (5, now)
-        );
-        assert_eq!(
-            window_of(&request(None, None, Some(60)), now).unwrap(),
-            (now - 60_000, now)
-        );
-        for bad in [
-            request(Some(9), Some(5), None),
-            request(None, None, None),
-            request(None, Some(5), None),
-            request(Some(1), None, Some(60)),
-            request(None, None, Some(0)),
-            request(None, None, Some(-5)),
-        ] {
-            let status = window_of(&bad, now).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
-        }
-    }
 
     #[test]
     fn params_default_like_the_python_package_and_refuse_nonsense() {

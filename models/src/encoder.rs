@@ -250,6 +250,7 @@ impl NativeEncoder {
 
     fn forward(&self, input: &EncoderInput) -> candle_core::Result<Tensor> {
         let (batch, seq) = input.ids.dims2()?;
+        let packing = Packing::of(&input.mask)?;
         let mut hidden = self.word_embeddings.forward(&input.ids)?;
         hidden = (hidden + self.position_embeddings.forward(&input.positions)?)?;
         if let Some(token_types) = &self.token_type_embeddings {
@@ -262,11 +263,19 @@ impl NativeEncoder {
         let score_bias = ((input.mask.to_dtype(DType::F32)? - 1.0)? * PADDING_PENALTY)?
             .to_dtype(dtype)?
             .reshape((batch, 1, 1, seq))?;
-        // Dense layers run on a flat (tokens × hidden) matrix.
+        // Dense layers run on a flat (tokens × hidden) matrix, of the real
+        // tokens alone when the batch has padding.
         let hidden_size = self.heads * self.head_dim;
         hidden = hidden.reshape((batch * seq, hidden_size))?;
+        if let Some(packing) = &packing {
+            hidden = hidden.index_select(&packing.tokens, 0)?;
+        }
         for layer in &self.layers {
-            hidden = self.layer_forward(layer, &hidden, &score_bias, batch, seq)?;
+            hidden =
+                self.layer_forward(layer, &hidden, &score_bias, packing.as_ref(), batch, seq)?;
+        }
+        if let Some(packing) = &packing {
+            hidden = hidden.index_select(&packing.slots, 0)?;
         }
         hidden.reshape((batch, seq, hidden_size))
     }
@@ -276,13 +285,18 @@ impl NativeEncoder {
         layer: &EncoderLayer,
         hidden: &Tensor,
         score_bias: &Tensor,
+        packing: Option<&Packing>,
         batch: usize,
         seq: usize,
     ) -> candle_core::Result<Tensor> {
         let (heads, head_dim) = (self.heads, self.head_dim);
-        let qkv = layer
-            .qkv
-            .forward(hidden)?
+        let mut qkv = layer.qkv.forward(hidden)?;
+        // Attention runs per sequence on the padded layout: padding is
+        // masked out of the keys, and its query rows are dropped after.
+        if let Some(packing) = packing {
+            qkv = qkv.index_select(&packing.slots, 0)?;
+        }
+        let qkv = qkv
             .reshape((batch, seq, 3, heads, head_dim))?
             .permute((2, 0, 3, 1, 4))?; // 3 × batch × heads × seq × head_dim
         let q = qkv.get(0)?.contiguous()?;
@@ -291,10 +305,13 @@ impl NativeEncoder {
         let scale = 1.0 / (head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(score_bias)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
+        let mut context = probs
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((batch * seq, heads * head_dim))?;
+        if let Some(packing) = packing {
+            context = context.index_select(&packing.tokens, 0)?;
+        }
         let attended = layer
             .attention_norm
             .forward(&(layer.attention_out.forward(&context)? + hidden)?)?;
@@ -307,6 +324,43 @@ impl NativeEncoder {
         layer
             .output_norm
             .forward(&(layer.output.forward(&activated)? + attended)?)
+    }
+}
+
+/// Where a padded batch's real tokens are: the dense layers run on those
+/// rows alone, so a batch of one long and many short texts costs what its
+/// tokens cost.
+struct Packing {
+    /// Row in the padded (batch × seq) layout of each real token, in order.
+    tokens: Tensor,
+    /// Row in the packed layout for each padded slot; padding points at row
+    /// 0, whose values are masked or dropped wherever they land.
+    slots: Tensor,
+}
+
+impl Packing {
+    /// `None` when nothing is padded.
+    fn of(mask: &Tensor) -> candle_core::Result<Option<Packing>> {
+        let device = mask.device();
+        let mask = mask.flatten_all()?.to_vec1::<u32>()?;
+        if mask.iter().all(|&m| m != 0) {
+            return Ok(None);
+        }
+        let mut tokens = Vec::with_capacity(mask.len());
+        let mut slots = Vec::with_capacity(mask.len());
+        for (slot, &m) in mask.iter().enumerate() {
+            if m != 0 {
+                slots.push(tokens.len() as u32);
+                tokens.push(slot as u32);
+            } else {
+                slots.push(0);
+            }
+        }
+        let tokens_len = tokens.len();
+        Ok(Some(Packing {
+            tokens: Tensor::from_vec(tokens, tokens_len, device)?,
+            slots: Tensor::from_vec(slots, mask.len(), device)?,
+        }))
     }
 }
 

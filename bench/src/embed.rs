@@ -1,10 +1,17 @@
-//! `pulse-bench embed`: CPU embedding throughput of the engine alone.
+//! `pulse-bench embed`: CPU embedding throughput and batch-1 latency of
+//! pulse's encoders, and, with `--python`, of ONNX Runtime and PyTorch
+//! (sentence-transformers) on the same texts through
+//! `bench/python/cpu_reference.py`.
 
-use crate::{cpu_name, workloads, write_report};
-use anyhow::bail;
+use crate::{cpu_name, median_run, workloads, write_report};
+use anyhow::{Context, bail};
+use pulse_bench::charts::{self, ChartFormat, LineChart, Series};
+use pulse_bench::models::percentiles_ms;
 use pulse_models::{DEFAULT_MODEL, DeviceSpec, Embedder, EmbedderOptions, EncoderKind};
-use serde::Serialize;
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -20,22 +27,38 @@ pub struct EmbedArgs {
     /// Timed passes per case; the median is reported.
     #[arg(long, default_value = "3")]
     repeats: usize,
-    /// Where embed.json and embed.md are written.
+    /// A Python with onnxruntime (and optionally torch and
+    /// sentence-transformers) installed: runs bench/python/cpu_reference.py
+    /// on the same texts and adds its engines to the table.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Chart formats to draw.
+    #[arg(long, value_delimiter = ',', default_value = "png,svg")]
+    charts: Vec<ChartFormat>,
+    #[arg(long)]
+    no_charts: bool,
+    /// Where embed.json, embed.md and the charts are written.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
 }
 
+#[derive(Serialize)]
 struct Workload {
     name: &'static str,
-    texts: Vec<String>,
     batch_size: usize,
+    texts: Vec<String>,
 }
 
-#[derive(Serialize)]
+const SHORT: &str = "1000 short texts, batch 32";
+const LONG: &str = "200 texts of 256 tokens, batch 16";
+const SINGLE: &str = "200 short texts, batch 1";
+
+#[derive(Serialize, Deserialize)]
 struct Measurement {
+    #[serde(alias = "engine")]
     encoder: String,
     threads: usize,
-    workload: &'static str,
+    workload: String,
     texts: usize,
     batch_size: usize,
     tokens: usize,
@@ -43,6 +66,39 @@ struct Measurement {
     seconds_all: Vec<f64>,
     tokens_per_second: f64,
     texts_per_second: f64,
+    /// Nearest-rank median of every batch's latency, all passes together.
+    batch_p50_ms: f64,
+}
+
+/// What cpu_reference.py writes.
+#[derive(Serialize, Deserialize)]
+struct ReferenceRun {
+    engines: BTreeMap<String, ReferenceEngine>,
+    skipped: BTreeMap<String, String>,
+    results: Vec<Measurement>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReferenceEngine {
+    version: String,
+    parity: Parity,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Parity {
+    min_cosine: f64,
+    mean_cosine: f64,
+    cases: usize,
+}
+
+/// What the script reads.
+#[derive(Serialize)]
+struct ReferenceInput<'a> {
+    model_dir: &'a Path,
+    max_seq_length: usize,
+    repeats: usize,
+    threads: &'a [usize],
+    workloads: &'a [Workload],
 }
 
 #[derive(Serialize)]
@@ -52,6 +108,7 @@ struct Report {
     cores: usize,
     repeats: usize,
     results: Vec<Measurement>,
+    reference: Option<ReferenceRun>,
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
@@ -60,17 +117,23 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     }
     let workloads = [
         Workload {
-            name: "1000 short texts, batch 32",
+            name: SHORT,
             texts: workloads::short_texts(1000),
             batch_size: 32,
         },
         Workload {
-            name: "200 texts of 256 tokens, batch 16",
+            name: LONG,
             texts: workloads::long_texts(200),
             batch_size: 16,
         },
+        Workload {
+            name: SINGLE,
+            texts: workloads::short_texts(200),
+            batch_size: 1,
+        },
     ];
     let mut results = Vec::new();
+    let mut model = None;
     for &encoder in &args.encoders {
         for &threads in &args.threads {
             let options = EmbedderOptions {
@@ -83,20 +146,39 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             for workload in &workloads {
                 let measurement = measure(&embedder, workload, args.repeats)?;
                 eprintln!(
-                    "{encoder:>6} {threads} thread(s) {:<36} {:>8.0} tokens/s",
-                    workload.name, measurement.tokens_per_second
+                    "{encoder:>6} {threads} thread(s) {:<36} {:>8.0} tokens/s, batch p50 {:.1} ms",
+                    workload.name, measurement.tokens_per_second, measurement.batch_p50_ms
                 );
                 results.push(measurement);
             }
+            model = Some(embedder.info().clone());
         }
     }
+    let reference = match (&args.python, &model) {
+        (Some(python), Some(model)) => {
+            let input = ReferenceInput {
+                model_dir: &model.dir,
+                max_seq_length: model.max_seq_length,
+                repeats: args.repeats,
+                threads: &args.threads,
+                workloads: &workloads,
+            };
+            Some(run_reference(python, &input, &args.out_dir)?)
+        }
+        (Some(_), None) => bail!("--python needs at least one encoder and thread count"),
+        (None, _) => None,
+    };
     let report = Report {
         model: args.model.clone(),
         cpu: cpu_name(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         repeats: args.repeats,
         results,
+        reference,
     };
+    if !args.no_charts {
+        write_charts(&report, &args.out_dir, &args.charts)?;
+    }
     write_report(&args.out_dir, "embed", &report, &markdown(&report))
 }
 
@@ -116,20 +198,21 @@ fn measure(
     // Warm-up: page in the weights and grow the allocator's pools.
     embedder.embed(&texts[..workload.batch_size.min(texts.len())])?;
     let mut seconds = Vec::with_capacity(repeats);
-    for _ in 0..repeats {
+    let mut batch_seconds = Vec::new();
+    let ((), median) = median_run(repeats, || {
         let started = Instant::now();
         for batch in texts.chunks(workload.batch_size) {
+            let batch_started = Instant::now();
             embedder.embed(batch)?;
+            batch_seconds.push(batch_started.elapsed().as_secs_f64());
         }
         seconds.push(started.elapsed().as_secs_f64());
-    }
-    let mut sorted = seconds.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+        anyhow::Ok(())
+    })?;
     Ok(Measurement {
         encoder: embedder.info().encoder.to_string(),
         threads: embedder.info().threads,
-        workload: workload.name,
+        workload: workload.name.to_string(),
         texts: texts.len(),
         batch_size: workload.batch_size,
         tokens,
@@ -137,27 +220,163 @@ fn measure(
         seconds_all: seconds,
         tokens_per_second: tokens as f64 / median,
         texts_per_second: texts.len() as f64 / median,
+        batch_p50_ms: percentiles_ms(&mut batch_seconds).p50,
     })
+}
+
+/// Runs cpu_reference.py on the workloads; its engines' measurements.
+fn run_reference(
+    python: &Path,
+    input: &ReferenceInput,
+    out_dir: &Path,
+) -> anyhow::Result<ReferenceRun> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cpu_reference.py");
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let workloads_path = out_dir.join("embed-workloads.json");
+    std::fs::write(&workloads_path, serde_json::to_string(input)?)
+        .with_context(|| format!("cannot write {}", workloads_path.display()))?;
+    let out_path = out_dir.join("embed-reference.json");
+    eprintln!("running {} with {}", script.display(), python.display());
+    let status = Command::new(python)
+        .arg(&script)
+        .arg("--workloads")
+        .arg(&workloads_path)
+        .arg("--out")
+        .arg(&out_path)
+        .status()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    let text = std::fs::read_to_string(&out_path)
+        .with_context(|| format!("cannot read {}", out_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("unexpected {}", out_path.display()))
+}
+
+fn measurements(report: &Report) -> impl Iterator<Item = &Measurement> {
+    report
+        .results
+        .iter()
+        .chain(report.reference.iter().flat_map(|r| &r.results))
+}
+
+fn write_charts(report: &Report, dir: &Path, formats: &[ChartFormat]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut engines: Vec<&str> = Vec::new();
+    for m in measurements(report) {
+        if !engines.contains(&m.encoder.as_str()) {
+            engines.push(&m.encoder);
+        }
+    }
+    let mut series = Vec::new();
+    for engine in engines {
+        for (workload, label, thin) in [
+            (SHORT, "short, batch 32", false),
+            (LONG, "256 tokens, batch 16", true),
+        ] {
+            let points: Vec<(f64, f64)> = measurements(report)
+                .filter(|m| m.encoder == engine && m.workload == workload)
+                .map(|m| (m.threads as f64, m.tokens_per_second))
+                .collect();
+            if !points.is_empty() {
+                series.push(Series {
+                    name: format!("{engine}, {label}"),
+                    points,
+                    thin,
+                });
+            }
+        }
+    }
+    let chart = LineChart {
+        title: "CPU embedding throughput (short thick, 256 tokens thin)",
+        x_label: "threads",
+        y_label: "tokens/s",
+        series,
+    };
+    for path in charts::draw(&chart, &dir.join("embed-throughput"), formats)? {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn markdown(report: &Report) -> String {
     let mut out = format!(
         "Model `{}` on {} ({} cores), CPU, f32, median of {} passes.\n\n\
-         | encoder | threads | workload | tokens | seconds | tokens/s | texts/s |\n\
-         | --- | ---: | --- | ---: | ---: | ---: | ---: |\n",
+         | encoder | threads | workload | tokens | seconds | tokens/s | texts/s | batch p50 ms |\n\
+         | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
         report.model, report.cpu, report.cores, report.repeats
     );
-    for m in &report.results {
+    for m in measurements(report) {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} |\n",
             m.encoder,
             m.threads,
             m.workload,
             m.tokens,
             m.seconds_median,
             m.tokens_per_second,
-            m.texts_per_second
+            m.texts_per_second,
+            m.batch_p50_ms
         ));
     }
+    if let Some(reference) = &report.reference {
+        out.push('\n');
+        for (engine, run) in &reference.engines {
+            out.push_str(&format!(
+                "- {engine} {}: cosine to the sentence-transformers fixtures min {:.6}, mean {:.6} ({} texts)\n",
+                run.version, run.parity.min_cosine, run.parity.mean_cosine, run.parity.cases
+            ));
+        }
+        for (engine, reason) in &reference.skipped {
+            out.push_str(&format!("- {engine} skipped: {reason}\n"));
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Output as bench/python/cpu_reference.py writes it.
+    const REFERENCE: &str = r#"{
+      "engines": {"onnxruntime": {"version": "1.32.0",
+                                  "parity": {"min_cosine": 0.99999, "mean_cosine": 1.0, "cases": 142}}},
+      "skipped": {"pytorch": "torch not importable: No module named 'torch'"},
+      "results": [{"engine": "onnxruntime", "threads": 1, "workload": "200 short texts, batch 1",
+                   "texts": 200, "batch_size": 1, "tokens": 4000, "seconds_all": [2.0, 2.5, 2.2],
+                   "seconds_median": 2.2, "tokens_per_second": 1818.2, "texts_per_second": 90.9,
+                   "batch_p50_ms": 10.5}]
+    }"#;
+
+    #[test]
+    fn reference_engines_join_the_table() {
+        let reference: ReferenceRun = serde_json::from_str(REFERENCE).unwrap();
+        let report = Report {
+            model: "m".into(),
+            cpu: "cpu".into(),
+            cores: 2,
+            repeats: 3,
+            results: Vec::new(),
+            reference: Some(reference),
+        };
+        let table = markdown(&report);
+        assert!(
+            table.contains(
+                "| onnxruntime | 1 | 200 short texts, batch 1 | 4000 | 2.20 | 1818 | 90.9 | 10.5 |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "onnxruntime 1.32.0: cosine to the sentence-transformers fixtures min 0.999990"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("pytorch skipped: torch not importable"),
+            "{table}"
+        );
+    }
 }

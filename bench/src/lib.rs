@@ -2,7 +2,7 @@
 //! benchmark, its labelled texts and synthetic workloads, and how every
 //! benchmark writes its report.
 
-mod charts;
+pub mod charts;
 pub mod labelled;
 pub mod memory;
 pub mod models;

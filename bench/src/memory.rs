@@ -4,7 +4,7 @@
 
 use pulse_models::{Device, gpu_memory};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,11 +26,14 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     status_bytes(&pid.to_string(), "VmRSS").map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
-/// Watches memory from `start` to `finish`.
+/// Watches memory from `start` to `finish`. A sampling thread runs only
+/// for what the kernel does not track itself (RSS where VmHWM cannot be
+/// reset, a GPU's memory), so on a CPU with the reset nothing competes with
+/// the case being measured.
 pub struct PeakMemory {
     high_water_mark_reset: bool,
     stop: Arc<AtomicBool>,
-    sampler: JoinHandle<(u64, Option<u64>)>,
+    sampler: Option<JoinHandle<Sampled>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,31 +42,39 @@ pub struct Peaks {
     pub gpu_bytes: Option<u64>,
 }
 
+#[derive(Default)]
+struct Sampled {
+    rss_bytes: u64,
+    gpu_bytes: Option<u64>,
+}
+
 impl PeakMemory {
     pub fn start(device: &Device) -> Self {
         // Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+).
         let high_water_mark_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
         let stop = Arc::new(AtomicBool::new(false));
-        let device = device.clone();
-        let sampler = {
+        let sample_rss = !high_water_mark_reset;
+        let sample_gpu = device.is_cuda();
+        let sampler = (sample_rss || sample_gpu).then(|| {
             let stop = stop.clone();
+            let device = device.clone();
             std::thread::spawn(move || {
-                let rss = AtomicU64::new(0);
-                let mut gpu = None;
+                let mut sampled = Sampled::default();
                 loop {
-                    if let Some(now) = status_bytes("self", "VmRSS") {
-                        rss.fetch_max(now, Ordering::Relaxed);
+                    if sample_rss && let Some(now) = status_bytes("self", "VmRSS") {
+                        sampled.rss_bytes = sampled.rss_bytes.max(now);
                     }
-                    if let Some(now) = gpu_memory(&device) {
-                        gpu = Some(gpu.unwrap_or(0).max(now.used_bytes));
+                    if sample_gpu && let Some(now) = gpu_memory(&device) {
+                        sampled.gpu_bytes =
+                            Some(sampled.gpu_bytes.unwrap_or(0).max(now.used_bytes));
                     }
                     if stop.load(Ordering::Relaxed) {
-                        return (rss.into_inner(), gpu);
+                        return sampled;
                     }
                     std::thread::sleep(Duration::from_millis(2));
                 }
             })
-        };
+        });
         PeakMemory {
             high_water_mark_reset,
             stop,
@@ -73,15 +84,18 @@ impl PeakMemory {
 
     pub fn finish(self) -> Peaks {
         self.stop.store(true, Ordering::Relaxed);
-        let (sampled_rss, gpu_bytes) = self.sampler.join().unwrap_or((0, None));
+        let sampled = self
+            .sampler
+            .and_then(|sampler| sampler.join().ok())
+            .unwrap_or_default();
         let rss_bytes = if self.high_water_mark_reset {
             status_bytes("self", "VmHWM")
         } else {
-            (sampled_rss > 0).then_some(sampled_rss)
+            (sampled.rss_bytes > 0).then_some(sampled.rss_bytes)
         };
         Peaks {
             rss_bytes,
-            gpu_bytes,
+            gpu_bytes: sampled.gpu_bytes,
         }
     }
 }

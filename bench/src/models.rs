@@ -387,7 +387,7 @@ fn measure_case(
 }
 
 /// Nearest-rank percentiles of durations in seconds, in milliseconds.
-fn percentiles_ms(seconds: &mut [f64]) -> Percentiles {
+pub fn percentiles_ms(seconds: &mut [f64]) -> Percentiles {
     seconds.sort_by(f64::total_cmp);
     let at = |p: f64| {
         let rank = ((p / 100.0) * seconds.len() as f64).ceil() as usize;
@@ -676,12 +676,22 @@ pub fn compare(baseline: &Report, candidate: &Report) -> String {
         }
     };
     let mut out = format!(
-        "Candidate against baseline: {} of {} runs paired.\n\n\
-         | baseline → candidate | load time | seq len | batch | tokens/s | × | p50 ms | × | p99 ms | × | peak RSS × |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "Candidate against baseline: {} of {} runs paired.\n\n",
         pairs.len(),
         candidate.runs.len()
     );
+    for (base, cand) in &pairs {
+        out += &format!(
+            "- {} → {}: load time {:.2} s → {:.2} s ({})\n",
+            run_label(base),
+            run_label(cand),
+            base.load_seconds,
+            cand.load_seconds,
+            ratio(cand.load_seconds, base.load_seconds)
+        );
+    }
+    out += "\n| baseline → candidate | seq len | batch | tokens/s | × | p50 ms | × | p99 ms | × | peak RSS × |\n\
+            | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     let mut unmatched_cases = 0;
     for (base, cand) in &pairs {
         let names = format!("{} → {}", run_label(base), run_label(cand));
@@ -699,8 +709,7 @@ pub fn compare(baseline: &Report, candidate: &Report) -> String {
                 _ => "–".to_string(),
             };
             out += &format!(
-                "| {names} | {} | {} | {} | {:.0} → {:.0} | {} | {:.1} → {:.1} | {} | {:.1} → {:.1} | {} | {rss} |\n",
-                ratio(cand.load_seconds, base.load_seconds),
+                "| {names} | {} | {} | {:.0} → {:.0} | {} | {:.1} → {:.1} | {} | {:.1} → {:.1} | {} | {rss} |\n",
                 case.seq_len,
                 case.batch_size,
                 before.tokens_per_second,
@@ -835,6 +844,7 @@ mod tests {
         );
         let out = compare(&base, &cand);
         assert!(out.contains("1 of 1 runs paired"), "{out}");
+        assert_eq!(out.matches("load time").count(), 1, "{out}");
         assert!(out.contains("| 64 | 8 | 1000 → 1500 | 1.50× | 10.0 → 5.0 | 0.50× | 30.0 → 15.0 | 0.50× | 1.00× |"), "{out}");
         assert!(
             out.contains("1 candidate cases have no baseline case"),

@@ -1,11 +1,15 @@
 //! Numeric hot spots of pulse: pooling and normalisation of token states,
-//! and blocked pairwise distances for clustering. Every kernel has a CPU
-//! implementation; its CUDA twin (`kernels/cuda/*.cu`, behind the `cuda`
-//! feature) sits behind the same function, which picks by the device the data
-//! is on.
+//! blocked pairwise distances for clustering, and the CPU encoder layer
+//! (packed dense layers, per-sequence attention, layer norm). Pooling and
+//! distances have a CPU implementation and a CUDA twin (`kernels/cuda/*.cu`,
+//! behind the `cuda` feature) behind the same function, which picks by the
+//! device the data is on. The encoder-layer kernels are the CPU's alone: on a
+//! GPU the encoder runs Candle's own (cuBLAS) ops.
 
 pub mod distance;
 pub mod pooling;
 pub mod ptx;
+pub mod transformer;
+mod vector_math;
 
 pub use pooling::{Pooling, PoolingError, UnknownPooling, l2_normalize_cpu, pool, pool_cpu};

@@ -7,6 +7,7 @@ use crate::source::{PYTORCH_FILE, SAFETENSORS_FILE};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::bert::{self, BertModel, HiddenAct};
+use pulse_kernels::transformer::{self as kernels, Activation, Dense};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -47,11 +48,15 @@ impl fmt::Display for EncoderKind {
 
 /// A padded batch on the encoder's device: ids, token types and mask are
 /// `batch × seq` u32; positions follow the architecture's convention.
+/// `lengths` (each sequence's token count) and `packing` are the host's
+/// copy of what the mask says, so no forward pass reads the mask back.
 pub(crate) struct EncoderInput {
     pub ids: Tensor,
     pub type_ids: Tensor,
     pub positions: Tensor,
     pub mask: Tensor,
+    lengths: Vec<usize>,
+    packing: Option<Packing>,
 }
 
 pub(crate) enum Encoder {
@@ -173,26 +178,38 @@ pub(crate) fn batch_input(
             };
         }
     }
+    let lengths: Vec<usize> = sequences.iter().map(|(ids, _)| ids.len()).collect();
+    let packing = Packing::of(&lengths, seq, device)?;
     let tensor = |v: Vec<u32>| Tensor::from_vec(v, (batch, seq), device);
     Ok(EncoderInput {
         ids: tensor(ids)?,
         type_ids: tensor(type_ids)?,
         positions: tensor(positions)?,
         mask: tensor(mask)?,
+        lengths,
+        packing,
     })
 }
 
-/// A BERT-family encoder over padded batches with an additive attention
-/// mask that stays finite in every dtype.
+/// A BERT-family encoder with an additive attention mask that stays finite
+/// in every dtype. Its layers run on the real tokens alone: in f32 on the CPU
+/// through pulse-kernels' packed layer, elsewhere through Candle's ops.
 pub(crate) struct NativeEncoder {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
     token_type_embeddings: Option<Embedding>,
     embedding_norm: LayerNorm,
-    layers: Vec<EncoderLayer>,
+    layers: Layers,
     heads: usize,
     head_dim: usize,
     activation: HiddenAct,
+}
+
+enum Layers {
+    /// Candle tensors: any device and dtype.
+    Tensors(Vec<EncoderLayer>),
+    /// Host f32 weights for pulse-kernels' CPU layer.
+    Cpu(Vec<CpuLayer>),
 }
 
 struct EncoderLayer {
@@ -205,12 +222,31 @@ struct EncoderLayer {
     output_norm: LayerNorm,
 }
 
+/// [`EncoderLayer`] in host memory, its query projection pre-scaled by
+/// 1/√head_dim so attention's softmax takes the scores as they come.
+struct CpuLayer {
+    qkv: Dense,
+    attention_out: Dense,
+    attention_norm: kernels::LayerNorm,
+    intermediate: Dense,
+    activation: Activation,
+    output: Dense,
+    output_norm: kernels::LayerNorm,
+}
+
 /// Taken off the attention scores of padding: far beyond any real score gap,
 /// yet finite in f16, so the bias never turns into NaN.
 const PADDING_PENALTY: f64 = 10_000.0;
 
 impl NativeEncoder {
     fn load(vb: VarBuilder, config: &ModelConfig) -> Result<Self> {
+        let kernels = vb.device().is_cpu() && vb.dtype() == DType::F32;
+        Self::load_with(vb, config, kernels)
+    }
+
+    /// `cpu_kernels`: run the layers through pulse-kernels (f32 on the CPU
+    /// only) rather than Candle's ops.
+    fn load_with(vb: VarBuilder, config: &ModelConfig, cpu_kernels: bool) -> Result<Self> {
         let c: &bert::Config = &config.encoder;
         if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(ModelError::UnsupportedArchitecture(format!(
@@ -219,6 +255,7 @@ impl NativeEncoder {
             )));
         }
         let h = c.hidden_size;
+        let heads = c.num_attention_heads;
         let emb = vb.pp("embeddings");
         let token_type_embeddings = if c.type_vocab_size > 0 {
             Some(candle_nn::embedding(
@@ -232,6 +269,16 @@ impl NativeEncoder {
         let layers = (0..c.num_hidden_layers)
             .map(|i| EncoderLayer::load(vb.pp(format!("encoder.layer.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
+        let layers = if cpu_kernels {
+            Layers::Cpu(
+                layers
+                    .iter()
+                    .map(|layer| layer.to_cpu(heads, c.hidden_act))
+                    .collect::<Result<_>>()?,
+            )
+        } else {
+            Layers::Tensors(layers)
+        };
         Ok(NativeEncoder {
             word_embeddings: candle_nn::embedding(c.vocab_size, h, emb.pp("word_embeddings"))?,
             position_embeddings: candle_nn::embedding(
@@ -242,42 +289,81 @@ impl NativeEncoder {
             token_type_embeddings,
             embedding_norm: candle_nn::layer_norm(h, c.layer_norm_eps, emb.pp("LayerNorm"))?,
             layers,
-            heads: c.num_attention_heads,
-            head_dim: h / c.num_attention_heads,
+            heads,
+            head_dim: h / heads,
             activation: c.hidden_act,
         })
     }
 
-    fn forward(&self, input: &EncoderInput) -> candle_core::Result<Tensor> {
+    fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
         let (batch, seq) = input.ids.dims2()?;
-        let packing = Packing::of(&input.mask)?;
+        let hidden_size = self.heads * self.head_dim;
         let mut hidden = self.word_embeddings.forward(&input.ids)?;
         hidden = (hidden + self.position_embeddings.forward(&input.positions)?)?;
         if let Some(token_types) = &self.token_type_embeddings {
             hidden = (hidden + token_types.forward(&input.type_ids)?)?;
         }
-        let mut hidden = self.embedding_norm.forward(&hidden)?;
-        let dtype = hidden.dtype();
-        // (mask - 1) × penalty: 0 for tokens, -penalty for padding, shaped to
-        // broadcast over heads and query positions.
-        let score_bias = ((input.mask.to_dtype(DType::F32)? - 1.0)? * PADDING_PENALTY)?
-            .to_dtype(dtype)?
-            .reshape((batch, 1, 1, seq))?;
         // Dense layers run on a flat (tokens × hidden) matrix, of the real
         // tokens alone when the batch has padding.
-        let hidden_size = self.heads * self.head_dim;
-        hidden = hidden.reshape((batch * seq, hidden_size))?;
-        if let Some(packing) = &packing {
+        let mut hidden = self
+            .embedding_norm
+            .forward(&hidden)?
+            .reshape((batch * seq, hidden_size))?;
+        let packing = input.packing.as_ref();
+        if let Some(packing) = packing {
             hidden = hidden.index_select(&packing.tokens, 0)?;
         }
-        for layer in &self.layers {
-            hidden =
-                self.layer_forward(layer, &hidden, &score_bias, packing.as_ref(), batch, seq)?;
-        }
-        if let Some(packing) = &packing {
+        hidden = match &self.layers {
+            Layers::Cpu(layers) => self.cpu_layers_forward(layers, hidden, &input.lengths)?,
+            Layers::Tensors(layers) => {
+                let dtype = hidden.dtype();
+                // (mask - 1) × penalty: 0 for tokens, -penalty for padding,
+                // shaped to broadcast over heads and query positions.
+                let score_bias = ((input.mask.to_dtype(DType::F32)? - 1.0)? * PADDING_PENALTY)?
+                    .to_dtype(dtype)?
+                    .reshape((batch, 1, 1, seq))?;
+                for layer in layers {
+                    hidden =
+                        self.layer_forward(layer, &hidden, &score_bias, packing, batch, seq)?;
+                }
+                hidden
+            }
+        };
+        if let Some(packing) = packing {
             hidden = hidden.index_select(&packing.slots, 0)?;
         }
-        hidden.reshape((batch, seq, hidden_size))
+        Ok(hidden.reshape((batch, seq, hidden_size))?)
+    }
+
+    /// Runs `layers` on the packed `tokens × hidden` f32 states of sequences
+    /// of `lengths` tokens.
+    fn cpu_layers_forward(
+        &self,
+        layers: &[CpuLayer],
+        hidden: Tensor,
+        lengths: &[usize],
+    ) -> Result<Tensor> {
+        let shape = hidden.shape().clone();
+        let mut hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
+        let (mut qkv, mut context, mut attended, mut intermediate) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for layer in layers {
+            layer.qkv.forward(&hidden, None, &mut qkv)?;
+            kernels::attention(&qkv, lengths, self.heads, self.head_dim, &mut context)?;
+            layer
+                .attention_out
+                .forward(&context, Some(&hidden), &mut attended)?;
+            layer.attention_norm.apply_in_place(&mut attended)?;
+            layer
+                .intermediate
+                .forward(&attended, None, &mut intermediate)?;
+            layer.activation.apply_in_place(&mut intermediate);
+            layer
+                .output
+                .forward(&intermediate, Some(&attended), &mut hidden)?;
+            layer.output_norm.apply_in_place(&mut hidden)?;
+        }
+        Ok(Tensor::from_vec(hidden, shape, &Device::Cpu)?)
     }
 
     fn layer_forward(
@@ -340,26 +426,22 @@ struct Packing {
 
 impl Packing {
     /// `None` when nothing is padded.
-    fn of(mask: &Tensor) -> candle_core::Result<Option<Packing>> {
-        let device = mask.device();
-        let mask = mask.flatten_all()?.to_vec1::<u32>()?;
-        if mask.iter().all(|&m| m != 0) {
+    fn of(lengths: &[usize], seq: usize, device: &Device) -> candle_core::Result<Option<Packing>> {
+        if lengths.iter().all(|&len| len == seq) {
             return Ok(None);
         }
-        let mut tokens = Vec::with_capacity(mask.len());
-        let mut slots = Vec::with_capacity(mask.len());
-        for (slot, &m) in mask.iter().enumerate() {
-            if m != 0 {
-                slots.push(tokens.len() as u32);
-                tokens.push(slot as u32);
-            } else {
-                slots.push(0);
+        let mut tokens = Vec::with_capacity(lengths.iter().sum());
+        let mut slots = vec![0u32; lengths.len() * seq];
+        for (row, &len) in lengths.iter().enumerate() {
+            for t in 0..len {
+                slots[row * seq + t] = tokens.len() as u32;
+                tokens.push((row * seq + t) as u32);
             }
         }
-        let tokens_len = tokens.len();
+        let (tokens_len, slots_len) = (tokens.len(), slots.len());
         Ok(Some(Packing {
             tokens: Tensor::from_vec(tokens, tokens_len, device)?,
-            slots: Tensor::from_vec(slots, mask.len(), device)?,
+            slots: Tensor::from_vec(slots, slots_len, device)?,
         }))
     }
 }
@@ -387,5 +469,184 @@ impl EncoderLayer {
             output: candle_nn::linear(i, h, vb.pp("output").pp("dense"))?,
             output_norm: candle_nn::layer_norm(h, eps, vb.pp("output").pp("LayerNorm"))?,
         })
+    }
+
+    /// Copies the f32 weights to the host for the CPU layer.
+    fn to_cpu(&self, heads: usize, activation: HiddenAct) -> Result<CpuLayer> {
+        let mut qkv = dense_on_host(&self.qkv)?;
+        let hidden = qkv.inputs();
+        let head_dim = hidden / heads;
+        qkv.scale_outputs(0..hidden, 1.0 / (head_dim as f32).sqrt());
+        Ok(CpuLayer {
+            qkv,
+            attention_out: dense_on_host(&self.attention_out)?,
+            attention_norm: layer_norm_on_host(&self.attention_norm)?,
+            intermediate: dense_on_host(&self.intermediate)?,
+            activation: match activation {
+                HiddenAct::Gelu => Activation::GeluErf,
+                HiddenAct::GeluApproximate => Activation::GeluTanh,
+                HiddenAct::Relu => Activation::Relu,
+            },
+            output: dense_on_host(&self.output)?,
+            output_norm: layer_norm_on_host(&self.output_norm)?,
+        })
+    }
+}
+
+fn host_values(tensor: &Tensor) -> candle_core::Result<Vec<f32>> {
+    tensor.flatten_all()?.to_vec1::<f32>()
+}
+
+fn dense_on_host(linear: &Linear) -> Result<Dense> {
+    let (outputs, inputs) = linear.weight().dims2()?;
+    let bias = match linear.bias() {
+        Some(bias) => host_values(bias)?,
+        None => vec![0.0; outputs],
+    };
+    Ok(Dense::new(
+        host_values(linear.weight())?,
+        bias,
+        inputs,
+        outputs,
+    )?)
+}
+
+fn layer_norm_on_host(norm: &LayerNorm) -> Result<kernels::LayerNorm> {
+    let weight = host_values(norm.weight())?;
+    let bias = match norm.bias() {
+        Some(bias) => host_values(bias)?,
+        None => vec![0.0; weight.len()],
+    };
+    Ok(kernels::LayerNorm::new(weight, bias, norm.eps() as f32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulse_kernels::Pooling;
+    use std::collections::HashMap;
+
+    const HIDDEN: usize = 24;
+    const INTERMEDIATE: usize = 40;
+    const VOCAB: usize = 50;
+
+    fn tiny_config() -> ModelConfig {
+        ModelConfig {
+            architecture: Architecture::Bert,
+            model_type: "bert".into(),
+            encoder: bert::Config {
+                vocab_size: VOCAB,
+                hidden_size: HIDDEN,
+                num_hidden_layers: 2,
+                num_attention_heads: 3,
+                intermediate_size: INTERMEDIATE,
+                max_position_embeddings: 32,
+                ..bert::Config::default()
+            },
+            pooling: Pooling::Mean,
+            normalize: true,
+            max_seq_length: 32,
+            do_lower_case: false,
+        }
+    }
+
+    fn random_weights(config: &ModelConfig) -> HashMap<String, Tensor> {
+        let mut weights = HashMap::new();
+        let mut put = |name: String, shape: &[usize], mean: f64| {
+            let tensor = Tensor::randn(mean, 0.3, shape, &Device::Cpu).unwrap();
+            weights.insert(name, tensor.to_dtype(DType::F32).unwrap());
+        };
+        let (h, i) = (HIDDEN, INTERMEDIATE);
+        put("embeddings.word_embeddings.weight".into(), &[VOCAB, h], 0.0);
+        put(
+            "embeddings.position_embeddings.weight".into(),
+            &[32, h],
+            0.0,
+        );
+        put(
+            "embeddings.token_type_embeddings.weight".into(),
+            &[2, h],
+            0.0,
+        );
+        for norm in ["embeddings.LayerNorm".to_string()].into_iter().chain(
+            (0..config.encoder.num_hidden_layers).flat_map(|l| {
+                [
+                    format!("encoder.layer.{l}.attention.output.LayerNorm"),
+                    format!("encoder.layer.{l}.output.LayerNorm"),
+                ]
+            }),
+        ) {
+            put(format!("{norm}.weight"), &[h], 1.0);
+            put(format!("{norm}.bias"), &[h], 0.0);
+        }
+        for l in 0..config.encoder.num_hidden_layers {
+            let dense = [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", i, h),
+                ("output.dense", h, i),
+            ];
+            for (name, outputs, inputs) in dense {
+                put(
+                    format!("encoder.layer.{l}.{name}.weight"),
+                    &[outputs, inputs],
+                    0.0,
+                );
+                put(format!("encoder.layer.{l}.{name}.bias"), &[outputs], 0.0);
+            }
+        }
+        weights
+    }
+
+    #[test]
+    fn cpu_kernels_give_candle_ops_states_on_a_mixed_batch() {
+        let config = tiny_config();
+        let weights = random_weights(&config);
+        let encoder = |cpu_kernels| {
+            let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+            NativeEncoder::load_with(vb, &config, cpu_kernels).unwrap()
+        };
+        let (kernels, ops) = (encoder(true), encoder(false));
+        assert!(matches!(kernels.layers, Layers::Cpu(_)));
+        assert!(matches!(ops.layers, Layers::Tensors(_)));
+        let ids: [&[u32]; 4] = [
+            &[3, 17, 9, 4, 2],
+            &[5],
+            &[8, 1, 44, 49, 12, 30, 7, 7, 2],
+            &[6, 6],
+        ];
+        let types = [0u32; 9];
+        let sequences: Vec<(&[u32], &[u32])> =
+            ids.iter().map(|ids| (*ids, &types[..ids.len()])).collect();
+        let input = batch_input(&sequences, &config, &Device::Cpu).unwrap();
+        let states =
+            |encoder: &NativeEncoder| encoder.forward(&input).unwrap().to_vec3::<f32>().unwrap();
+        let (a, b) = (states(&kernels), states(&ops));
+        for (row, ids) in ids.iter().enumerate() {
+            for t in 0..ids.len() {
+                for (x, y) in a[row][t].iter().zip(&b[row][t]) {
+                    assert!(
+                        (x - y).abs() < 1e-4,
+                        "sequence {row}, token {t}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_lists_real_tokens_and_their_slots() {
+        let packing = Packing::of(&[2, 0, 3], 3, &Device::Cpu).unwrap().unwrap();
+        assert_eq!(
+            packing.tokens.to_vec1::<u32>().unwrap(),
+            vec![0, 1, 6, 7, 8]
+        );
+        assert_eq!(
+            packing.slots.to_vec1::<u32>().unwrap(),
+            vec![0, 1, 0, 0, 0, 0, 2, 3, 4]
+        );
+        assert!(Packing::of(&[3, 3], 3, &Device::Cpu).unwrap().is_none());
     }
 }

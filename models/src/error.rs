@@ -54,6 +54,9 @@ pub enum ModelError {
     #[error(transparent)]
     Pooling(#[from] pulse_kernels::PoolingError),
 
+    #[error("encoder layer: {0}")]
+    Layer(#[from] pulse_kernels::transformer::TransformerError),
+
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -19,7 +19,7 @@
 mod common;
 
 use common::{channel, members, start, succeeded};
-use pulse_bench::labelled::{self, FORTUNES};
+use pulse_bench::labelled::{self, FORTUNES, LabelledText};
 use pulse_proto::v1 as pb;
 use pulse_proto::v1::signal_service_client::SignalServiceClient;
 use pulse_proto::v1::trend_service_client::TrendServiceClient;
@@ -39,13 +39,10 @@ const CLUSTERED_V_MEASURE_FLOOR: f64 = 0.52;
 const CLUSTERED_ARI_FLOOR: f64 = 0.16;
 const DEFAULT_STRIDE: usize = 15;
 
-/// (category, text) for every fortune.
-fn fortunes() -> Vec<(String, String)> {
+/// Every fortune, labelled with its category.
+fn fortunes() -> Vec<LabelledText> {
     labelled::load(Path::new(FORTUNES), 1)
         .unwrap_or_else(|e| panic!("{e:#} (scripts/test installs the `fortunes` package)"))
-        .into_iter()
-        .map(|t| (t.label, t.text))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +58,7 @@ async fn fortunes_cluster_along_their_categories() {
         .and_then(|s| s.parse().ok())
         .filter(|&s| s > 0)
         .unwrap_or(DEFAULT_STRIDE);
-    let fortunes: Vec<(String, String)> = all.into_iter().step_by(stride).collect();
+    let fortunes: Vec<LabelledText> = all.into_iter().step_by(stride).collect();
     let server = start(&[]).await;
     let mut signals = SignalServiceClient::new(channel(&server).await);
     let mut trends = TrendServiceClient::new(channel(&server).await);
@@ -70,11 +67,11 @@ async fn fortunes_cluster_along_their_categories() {
     let stream: Vec<pb::Signal> = fortunes
         .iter()
         .enumerate()
-        .map(|(i, (category, text))| pb::Signal {
+        .map(|(i, fortune)| pb::Signal {
             id: format!("f{i}"),
             brand: "fortunes".into(),
-            source: category.clone(),
-            text: text.clone(),
+            source: fortune.label.clone(),
+            text: fortune.text.clone(),
             ts: Some(prost_types::Timestamp {
                 seconds: 1_700_000_000 + i as i64,
                 nanos: 0,
@@ -144,14 +141,7 @@ async fn fortunes_cluster_along_their_categories() {
             trend_of.insert(id, trend.id);
         }
     }
-    let mut category_ids: HashMap<&str, i64> = HashMap::new();
-    let categories: Vec<i64> = fortunes
-        .iter()
-        .map(|(c, _)| {
-            let next = category_ids.len() as i64;
-            *category_ids.entry(c.as_str()).or_insert(next)
-        })
-        .collect();
+    let categories = labelled::label_ids(&fortunes);
     let labels: Vec<i64> = (0..fortunes.len())
         .map(|i| trend_of.get(&format!("f{i}")).copied().unwrap_or(-1))
         .collect();

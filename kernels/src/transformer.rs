@@ -1,0 +1,509 @@
+//! CPU kernels of a BERT-family encoder layer on a padding-free batch: the
+//! tokens of every sequence packed into one `tokens × hidden` matrix, f32.
+//!
+//! The dense layers are one matrix multiply over all tokens with the bias
+//! (and, where a residual follows, the residual) written into the output
+//! first, so the multiply accumulates onto it and no separate pass adds
+//! them. Attention runs per sequence and head straight on the packed
+//! query/key/value matrix (block-diagonal: no padding, no gather). Layer norm
+//! and the activation run in place over rows.
+
+use crate::vector_math;
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::ops::Range;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TransformerError {
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+}
+
+type Result<T> = std::result::Result<T, TransformerError>;
+
+fn expect_len(what: &str, len: usize, expected: usize) -> Result<()> {
+    if len == expected {
+        Ok(())
+    } else {
+        Err(TransformerError::Shape(format!(
+            "{what} holds {len} values, expected {expected}"
+        )))
+    }
+}
+
+/// Rows handed to one task by the row-wise passes: enough work to pay for
+/// the task, small enough to spread a short batch over the threads.
+const ROWS_PER_TASK: usize = 16;
+
+/// Multiplies smaller than this (m·n·k) run on the calling thread: gemm's
+/// thread start-up costs more than they take.
+const PARALLEL_GEMM_WORK: usize = 64 * 64 * 64;
+
+/// A linear layer `y = x·Wᵀ + b`.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    /// Wᵀ: `inputs × outputs`, row-major. gemm puts a row-major output's
+    /// weight operand on its packed side; in this layout it can read it as it
+    /// lies instead of repacking it on every call (see `forward`).
+    weight_t: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl Dense {
+    /// `weight` is `outputs × inputs` row-major, as PyTorch stores it.
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, inputs: usize, outputs: usize) -> Result<Self> {
+        expect_len("dense weight", weight.len(), inputs * outputs)?;
+        expect_len("dense bias", bias.len(), outputs)?;
+        let mut weight_t = vec![0.0; weight.len()];
+        for (o, row) in weight.chunks_exact(inputs).enumerate() {
+            for (i, w) in row.iter().enumerate() {
+                weight_t[i * outputs + o] = *w;
+            }
+        }
+        Ok(Dense {
+            weight_t,
+            bias,
+            inputs,
+            outputs,
+        })
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// Multiplies the weights and biases of `outputs` by `factor`: folds
+    /// attention's 1/√head_dim into the query projection once, at load.
+    pub fn scale_outputs(&mut self, outputs: Range<usize>, factor: f32) {
+        for o in outputs {
+            for i in 0..self.inputs {
+                self.weight_t[i * self.outputs + o] *= factor;
+            }
+            self.bias[o] *= factor;
+        }
+    }
+
+    /// `out = input·Wᵀ + b (+ residual)` for `input` of `rows × inputs`;
+    /// `out` is resized to `rows × outputs`.
+    pub fn forward(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        if self.inputs == 0 || !input.len().is_multiple_of(self.inputs) {
+            return Err(TransformerError::Shape(format!(
+                "dense input of {} values is not rows of {}",
+                input.len(),
+                self.inputs
+            )));
+        }
+        let rows = input.len() / self.inputs;
+        out.clear();
+        match residual {
+            Some(residual) => {
+                expect_len("residual", residual.len(), rows * self.outputs)?;
+                out.extend(residual);
+                out.par_chunks_mut(self.outputs * ROWS_PER_TASK)
+                    .for_each(|block| {
+                        for row in block.chunks_exact_mut(self.outputs) {
+                            row.iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b);
+                        }
+                    });
+            }
+            None => {
+                for _ in 0..rows {
+                    out.extend_from_slice(&self.bias);
+                }
+            }
+        }
+        let work = rows * self.outputs * self.inputs;
+        let parallelism = match rayon::current_num_threads() {
+            n if n > 1 && work >= PARALLEL_GEMM_WORK => Parallelism::Rayon(n),
+            _ => Parallelism::None,
+        };
+        // SAFETY: `input` is rows × inputs, `out` rows × outputs and the
+        // transposed weight inputs × outputs, all row-major (checked above and
+        // in `new`). gemm reads and writes only inside those buffers.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                out.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                true,
+                input.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.weight_t.as_ptr(),
+                1,
+                self.outputs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The feed-forward activations BERT-family configs name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// GELU with the exact error function (`gelu` in configs).
+    GeluErf,
+    /// GELU's tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation to every value, in parallel blocks.
+    pub fn apply_in_place(self, values: &mut [f32]) {
+        values.par_chunks_mut(4096).for_each(|block| match self {
+            Activation::GeluErf => vector_math::map_in_place(block, |x| {
+                0.5 * x * (1.0 + vector_math::erf(x * std::f32::consts::FRAC_1_SQRT_2))
+            }),
+            Activation::GeluTanh => block.iter_mut().for_each(|x| {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                let v = *x;
+                *x = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh());
+            }),
+            Activation::Relu => vector_math::map_in_place(block, |x| x.max(0.0)),
+        });
+    }
+}
+
+/// Layer normalisation over the last dimension with a learned scale and shift.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, eps: f32) -> Result<Self> {
+        expect_len("layer norm bias", bias.len(), weight.len())?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    /// Normalises each row of `rows` (rows of the weight's length) in place.
+    pub fn apply_in_place(&self, rows: &mut [f32]) -> Result<()> {
+        let dim = self.weight.len();
+        if dim == 0 || !rows.len().is_multiple_of(dim) {
+            return Err(TransformerError::Shape(format!(
+                "layer norm input of {} values is not rows of {dim}",
+                rows.len()
+            )));
+        }
+        rows.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|block| {
+            for row in block.chunks_exact_mut(dim) {
+                let mean = row.iter().sum::<f32>() / dim as f32;
+                let variance =
+                    row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+                let inverse = 1.0 / (variance + self.eps).sqrt();
+                for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                    *v = (*v - mean) * inverse * w + b;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The output buffer of attention, written by many tasks at once, each in
+/// its own (sequence rows × head columns) block.
+struct DisjointWrites(*mut f32);
+// SAFETY: tasks write through the pointer only into blocks no other task
+// touches (see `attention`), and the buffer outlives the parallel loop.
+unsafe impl Send for DisjointWrites {}
+unsafe impl Sync for DisjointWrites {}
+
+impl DisjointWrites {
+    /// The value `offset` places into the buffer. A method, so closures
+    /// capture the whole (`Sync`) wrapper rather than its raw pointer.
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// Multi-head self-attention over packed sequences.
+///
+/// `qkv` is `tokens × 3·hidden` (queries, keys, values side by side, heads
+/// contiguous within each), the queries already scaled by 1/√head_dim;
+/// `lengths` are the sequences' token counts in order, summing to `tokens`.
+/// Writes each token's attended values, heads side by side, into `context`
+/// (resized to `tokens × hidden`). A sequence attends only to itself.
+pub fn attention(
+    qkv: &[f32],
+    lengths: &[usize],
+    heads: usize,
+    head_dim: usize,
+    context: &mut Vec<f32>,
+) -> Result<()> {
+    let hidden = heads * head_dim;
+    let tokens: usize = lengths.iter().sum();
+    expect_len("packed query/key/value", qkv.len(), tokens * 3 * hidden)?;
+    context.clear();
+    context.resize(tokens * hidden, 0.0);
+    let starts: Vec<usize> = lengths
+        .iter()
+        .scan(0, |next, &len| {
+            let start = *next;
+            *next += len;
+            Some(start)
+        })
+        .collect();
+    let out = DisjointWrites(context.as_mut_ptr());
+    let qkv_row = (3 * hidden) as isize;
+    (0..lengths.len() * heads).into_par_iter().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, job| {
+            let (sequence, head) = (job / heads, job % heads);
+            let (start, len) = (starts[sequence], lengths[sequence]);
+            if len == 0 {
+                return;
+            }
+            scores.clear();
+            scores.resize(len * len, 0.0);
+            let base = start * 3 * hidden + head * head_dim;
+            let (queries, keys, values) = (
+                &qkv[base..],
+                &qkv[base + hidden..],
+                &qkv[base + 2 * hidden..],
+            );
+            // SAFETY: rows start..start+len of `qkv` exist (its length was
+            // checked against the lengths' sum), and each head's columns lie
+            // inside a row: queries, keys and values are read with row stride
+            // 3·hidden and head_dim columns from their offsets; `scores` is
+            // len × len. The context block (rows start..start+len, columns
+            // head·head_dim..+head_dim) belongs to this (sequence, head) job
+            // alone, so no two tasks write the same value.
+            unsafe {
+                gemm::gemm(
+                    len,
+                    len,
+                    head_dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    len as isize,
+                    false,
+                    queries.as_ptr(),
+                    1,
+                    qkv_row,
+                    keys.as_ptr(),
+                    qkv_row,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                for row in scores.chunks_exact_mut(len) {
+                    softmax_in_place(row);
+                }
+                gemm::gemm(
+                    len,
+                    head_dim,
+                    len,
+                    out.at(start * hidden + head * head_dim),
+                    1,
+                    hidden as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    len as isize,
+                    values.as_ptr(),
+                    1,
+                    qkv_row,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        },
+    );
+    Ok(())
+}
+
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    vector_math::map_in_place(row, move |v| vector_math::exp(v - max));
+    let inverse = 1.0 / row.iter().sum::<f32>();
+    row.iter_mut().for_each(|v| *v *= inverse);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], tolerance: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tolerance, "at {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn dense_adds_bias_and_residual() {
+        let (inputs, outputs, rows) = (37, 70, 33);
+        let weight = values(inputs * outputs, 1);
+        let bias = values(outputs, 2);
+        let input = values(rows * inputs, 3);
+        let residual = values(rows * outputs, 4);
+        let dense = Dense::new(weight.clone(), bias.clone(), inputs, outputs).unwrap();
+        let mut out = Vec::new();
+        dense.forward(&input, Some(&residual), &mut out).unwrap();
+        let mut expected = vec![0.0; rows * outputs];
+        for r in 0..rows {
+            for o in 0..outputs {
+                let dot: f32 = (0..inputs)
+                    .map(|i| input[r * inputs + i] * weight[o * inputs + i])
+                    .sum();
+                expected[r * outputs + o] = dot + bias[o] + residual[r * outputs + o];
+            }
+        }
+        assert_close(&out, &expected, 1e-4);
+        dense.forward(&input, None, &mut out).unwrap();
+        for (e, r) in expected.iter_mut().zip(&residual) {
+            *e -= r;
+        }
+        assert_close(&out, &expected, 1e-4);
+    }
+
+    #[test]
+    fn dense_rejects_ragged_input() {
+        let dense = Dense::new(vec![0.0; 6], vec![0.0; 2], 3, 2).unwrap();
+        let mut out = Vec::new();
+        assert!(dense.forward(&[1.0; 4], None, &mut out).is_err());
+        assert!(dense.forward(&[1.0; 3], Some(&[0.0; 3]), &mut out).is_err());
+        assert!(Dense::new(vec![0.0; 5], vec![0.0; 2], 3, 2).is_err());
+    }
+
+    #[test]
+    fn scaled_outputs_scale_weights_and_bias() {
+        let mut dense = Dense::new(vec![1.0; 6], vec![1.0; 3], 2, 3).unwrap();
+        dense.scale_outputs(0..1, 0.5);
+        let mut out = Vec::new();
+        dense.forward(&[1.0, 1.0], None, &mut out).unwrap();
+        assert_eq!(out, vec![1.5, 3.0, 3.0]);
+    }
+
+    #[test]
+    fn activations_match_their_definitions() {
+        let mut x = vec![-3.0, -0.5, 0.0, 0.7, 2.0];
+        Activation::GeluErf.apply_in_place(&mut x);
+        // GELU(x) = x·Φ(x), Φ from the error function in f64.
+        let expected: Vec<f32> = [-3.0f64, -0.5, 0.0, 0.7, 2.0]
+            .iter()
+            .map(|&v| (v * 0.5 * (1.0 + libm::erf(v / 2f64.sqrt()))) as f32)
+            .collect();
+        assert_close(&x, &expected, 5e-7);
+        let mut y = vec![-1.0, 1.0];
+        Activation::GeluTanh.apply_in_place(&mut y);
+        assert_close(&y, &[-0.158_808, 0.841_192], 1e-5);
+        let mut z = vec![-1.0, 2.0];
+        Activation::Relu.apply_in_place(&mut z);
+        assert_eq!(z, vec![0.0, 2.0]);
+    }
+
+    #[test]
+    fn layer_norm_centres_and_scales_rows() {
+        let norm = LayerNorm::new(vec![2.0, 2.0, 2.0, 2.0], vec![1.0; 4], 0.0).unwrap();
+        let mut rows = vec![1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 7.0];
+        norm.apply_in_place(&mut rows).unwrap();
+        // Row 1: mean 2.5, variance 1.25; row 2: mean 5.5, variance 0.75.
+        let (s, t) = (1.25f32.sqrt(), 0.75f32.sqrt());
+        let expected = [
+            1.0 - 3.0 / s,
+            1.0 - 1.0 / s,
+            1.0 + 1.0 / s,
+            1.0 + 3.0 / s,
+            1.0 - 1.0 / t,
+            1.0 - 1.0 / t,
+            1.0 - 1.0 / t,
+            1.0 + 3.0 / t,
+        ];
+        assert_close(&rows, &expected, 1e-5);
+        assert!(norm.apply_in_place(&mut [0.0; 6]).is_err());
+    }
+
+    /// Attention of one sequence and head, written out the long way.
+    fn naive_attention(q: &[Vec<f32>], k: &[Vec<f32>], v: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        q.iter()
+            .map(|qi| {
+                let scores: Vec<f32> = k
+                    .iter()
+                    .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum())
+                    .collect();
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f32 = weights.iter().sum();
+                (0..v[0].len())
+                    .map(|d| weights.iter().zip(v).map(|(w, vj)| w * vj[d]).sum::<f32>() / total)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attention_keeps_sequences_apart() {
+        let (heads, head_dim) = (3, 5);
+        let hidden = heads * head_dim;
+        let lengths = [4, 1, 0, 9];
+        let tokens: usize = lengths.iter().sum();
+        let qkv = values(tokens * 3 * hidden, 7);
+        let mut context = Vec::new();
+        attention(&qkv, &lengths, heads, head_dim, &mut context).unwrap();
+        let mut start = 0;
+        for &len in &lengths {
+            for head in 0..heads {
+                let part = |which: usize| -> Vec<Vec<f32>> {
+                    (start..start + len)
+                        .map(|t| {
+                            let at = t * 3 * hidden + which * hidden + head * head_dim;
+                            qkv[at..at + head_dim].to_vec()
+                        })
+                        .collect()
+                };
+                let expected = naive_attention(&part(0), &part(1), &part(2));
+                for (i, row) in expected.iter().enumerate() {
+                    let at = (start + i) * hidden + head * head_dim;
+                    assert_close(&context[at..at + head_dim], row, 1e-5);
+                }
+            }
+            start += len;
+        }
+        assert!(attention(&qkv[1..], &lengths, heads, head_dim, &mut context).is_err());
+    }
+}

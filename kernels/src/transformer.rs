@@ -132,25 +132,12 @@ impl Dense {
         // transposed weight inputs × outputs, all row-major (checked above and
         // in `new`). gemm reads and writes only inside those buffers.
         unsafe {
-            gemm::gemm(
-                rows,
-                self.outputs,
-                self.inputs,
-                out.as_mut_ptr(),
-                1,
-                self.outputs as isize,
-                true,
-                input.as_ptr(),
-                1,
-                self.inputs as isize,
-                self.weight_t.as_ptr(),
-                1,
-                self.outputs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
+            multiply(
+                (rows, self.outputs, self.inputs),
+                Operand::row_major(out.as_mut_ptr(), self.outputs),
+                Accumulate::Yes,
+                Operand::row_major(input.as_ptr(), self.inputs),
+                Operand::row_major(self.weight_t.as_ptr(), self.outputs),
                 parallelism,
             );
         }
@@ -267,7 +254,7 @@ pub fn attention(
         })
         .collect();
     let out = DisjointWrites(context.as_mut_ptr());
-    let qkv_row = (3 * hidden) as isize;
+    let qkv_row = 3 * hidden;
     (0..lengths.len() * heads).into_par_iter().for_each_init(
         Vec::new,
         |scores: &mut Vec<f32>, job| {
@@ -292,49 +279,24 @@ pub fn attention(
             // head·head_dim..+head_dim) belongs to this (sequence, head) job
             // alone, so no two tasks write the same value.
             unsafe {
-                gemm::gemm(
-                    len,
-                    len,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    queries.as_ptr(),
-                    1,
-                    qkv_row,
-                    keys.as_ptr(),
-                    qkv_row,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                multiply(
+                    (len, len, head_dim),
+                    Operand::row_major(scores.as_mut_ptr(), len),
+                    Accumulate::No,
+                    Operand::row_major(queries.as_ptr(), qkv_row),
+                    // Keys read transposed: head_dim × len.
+                    Operand::column_major(keys.as_ptr(), qkv_row),
                     Parallelism::None,
                 );
                 for row in scores.chunks_exact_mut(len) {
                     softmax_in_place(row);
                 }
-                gemm::gemm(
-                    len,
-                    head_dim,
-                    len,
-                    out.at(start * hidden + head * head_dim),
-                    1,
-                    hidden as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    values.as_ptr(),
-                    1,
-                    qkv_row,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                multiply(
+                    (len, head_dim, len),
+                    Operand::row_major(out.at(start * hidden + head * head_dim), hidden),
+                    Accumulate::No,
+                    Operand::row_major(scores.as_ptr(), len),
+                    Operand::row_major(values.as_ptr(), qkv_row),
                     Parallelism::None,
                 );
             }
@@ -343,11 +305,88 @@ pub fn attention(
     Ok(())
 }
 
+/// A matrix operand for gemm: where its first value is and how far apart
+/// its rows and columns lie.
+#[derive(Clone, Copy)]
+struct Operand<P> {
+    at: P,
+    row_stride: isize,
+    column_stride: isize,
+}
+
+impl<P> Operand<P> {
+    /// Rows `row_length` values apart, columns adjacent.
+    fn row_major(at: P, row_length: usize) -> Self {
+        Operand {
+            at,
+            row_stride: row_length as isize,
+            column_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with rows `row_length` apart.
+    fn column_major(at: P, row_length: usize) -> Self {
+        Operand {
+            at,
+            row_stride: 1,
+            column_stride: row_length as isize,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accumulate {
+    /// `dst = lhs·rhs`
+    No,
+    /// `dst += lhs·rhs`
+    Yes,
+}
+
+/// `dst (m × n) = lhs (m × k) · rhs (k × n)`, or `+=` when accumulating.
+///
+/// # Safety
+/// Each operand must address valid f32s at every (row, column) of its
+/// shape, and `dst` must not overlap the inputs or be written by anyone
+/// else during the call.
+unsafe fn multiply(
+    (m, n, k): (usize, usize, usize),
+    dst: Operand<*mut f32>,
+    accumulate: Accumulate,
+    lhs: Operand<*const f32>,
+    rhs: Operand<*const f32>,
+    parallelism: Parallelism,
+) {
+    // SAFETY: passed on from the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.at,
+            dst.column_stride,
+            dst.row_stride,
+            accumulate == Accumulate::Yes,
+            lhs.at,
+            lhs.column_stride,
+            lhs.row_stride,
+            rhs.at,
+            rhs.column_stride,
+            rhs.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = vector_math::reduce(row, f32::NEG_INFINITY, |a, b| if a > b { a } else { b });
     vector_math::map_in_place(row, move |v| vector_math::exp(v - max));
-    let inverse = 1.0 / row.iter().sum::<f32>();
-    row.iter_mut().for_each(|v| *v *= inverse);
+    let inverse = 1.0 / vector_math::reduce(row, 0.0, |a, b| a + b);
+    vector_math::map_in_place(row, move |v| v * inverse);
 }
 
 #[cfg(test)]

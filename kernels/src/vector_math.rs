@@ -61,13 +61,51 @@ pub(crate) fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
         unsafe { map_avx2(values, f) };
         return;
     }
+    map(values, f);
+}
+
+#[inline(always)]
+fn map(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     values.iter_mut().for_each(|v| *v = f(*v));
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn map_avx2(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
-    values.iter_mut().for_each(|v| *v = f(*v));
+    map(values, f);
+}
+
+/// Folds the values with `f` (associative and commutative: the order is
+/// lane by lane), compiled for AVX2 where the CPU has it.
+#[inline(always)]
+pub(crate) fn reduce(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU was just found to support AVX2.
+        return unsafe { reduce_avx2(values, init, f) };
+    }
+    reduce_lanes(values, init, f)
+}
+
+/// Eight running results side by side, so the loop has no chain from one
+/// value to the next and compiles to vector instructions.
+#[inline(always)]
+fn reduce_lanes(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
+    let mut lanes = [init; 8];
+    let chunks = values.chunks_exact(lanes.len());
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane = f(*lane, *v);
+        }
+    }
+    lanes.into_iter().chain(tail.iter().copied()).fold(init, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn reduce_avx2(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
+    reduce_lanes(values, init, f)
 }
 
 #[cfg(test)]
@@ -101,6 +139,15 @@ mod tests {
         assert!(worst < 3e-7, "worst absolute error {worst:e}");
         assert!(erf(0.0).abs() < 1e-7);
         assert_eq!(erf(-20.0), -1.0);
+    }
+
+    #[test]
+    fn reduce_folds_every_value() {
+        let values: Vec<f32> = (0..37).map(|i| (i * 7 % 37) as f32).collect();
+        assert_eq!(reduce(&values, 0.0, |a, b| a + b), 666.0);
+        assert_eq!(reduce(&values, f32::NEG_INFINITY, f32::max), 36.0);
+        assert_eq!(reduce(&values[..3], f32::NEG_INFINITY, f32::max), 14.0);
+        assert_eq!(reduce(&[], 0.0, |a, b| a + b), 0.0);
     }
 
     #[test]

@@ -109,13 +109,9 @@ impl Dense {
         match residual {
             Some(residual) => {
                 expect_len("residual", residual.len(), rows * self.outputs)?;
-                out.extend(residual);
-                out.par_chunks_mut(self.outputs * ROWS_PER_TASK)
-                    .for_each(|block| {
-                        for row in block.chunks_exact_mut(self.outputs) {
-                            row.iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b);
-                        }
-                    });
+                for row in residual.chunks_exact(self.outputs) {
+                    out.extend(row.iter().zip(&self.bias).map(|(r, b)| r + b));
+                }
             }
             None => {
                 for _ in 0..rows {
@@ -243,8 +239,12 @@ pub fn attention(
     let hidden = heads * head_dim;
     let tokens: usize = lengths.iter().sum();
     expect_len("packed query/key/value", qkv.len(), tokens * 3 * hidden)?;
-    context.clear();
-    context.resize(tokens * hidden, 0.0);
+    // Every value is written below; the zeros only make the buffer valid,
+    // so a buffer kept from the previous layer is not filled again.
+    if context.len() != tokens * hidden {
+        context.clear();
+        context.resize(tokens * hidden, 0.0);
+    }
     let starts: Vec<usize> = lengths
         .iter()
         .scan(0, |next, &len| {
@@ -263,8 +263,12 @@ pub fn attention(
             if len == 0 {
                 return;
             }
-            scores.clear();
-            scores.resize(len * len, 0.0);
+            // gemm writes every score without reading the buffer, so it only
+            // grows, and is never cleared.
+            if scores.len() < len * len {
+                scores.resize(len * len, 0.0);
+            }
+            let scores = &mut scores[..len * len];
             let base = start * 3 * hidden + head * head_dim;
             let (queries, keys, values) = (
                 &qkv[base..],
@@ -522,7 +526,8 @@ mod tests {
         let lengths = [4, 1, 0, 9];
         let tokens: usize = lengths.iter().sum();
         let qkv = values(tokens * 3 * hidden, 7);
-        let mut context = Vec::new();
+        // A buffer kept from an earlier layer: every value must be written.
+        let mut context = vec![f32::NAN; tokens * hidden];
         attention(&qkv, &lengths, heads, head_dim, &mut context).unwrap();
         let mut start = 0;
         for &len in &lengths {

@@ -9,16 +9,11 @@ use std::path::Path;
 /// Where `scripts/fetch-fortunes` puts Debian's `fortunes`.
 pub const FORTUNES: &str = "/usr/share/games/fortunes";
 
-#[derive(Debug, Clone, PartialEq)]
+/// One text and its label; also one line of the JSON-lines layout.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LabelledText {
     pub label: String,
     pub text: String,
-}
-
-#[derive(Deserialize)]
-struct Line {
-    label: String,
-    text: String,
 }
 
 /// Every `stride`-th text of the set at `path`, in a stable order
@@ -77,14 +72,13 @@ fn from_json_lines(path: &Path) -> anyhow::Result<Vec<LabelledText>> {
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
-            let Line { label, text } = serde_json::from_str(line).with_context(|| {
+            serde_json::from_str(line).with_context(|| {
                 format!(
                     "{}:{}: expected {{\"label\": …, \"text\": …}}",
                     path.display(),
                     i + 1
                 )
-            })?;
-            Ok(LabelledText { label, text })
+            })
         })
         .collect()
 }

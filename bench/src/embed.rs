@@ -7,7 +7,7 @@ use crate::{cpu_name, median_run, workloads, write_report};
 use anyhow::{Context, bail};
 use pulse_bench::charts::{self, ChartFormat, LineChart, Series};
 use pulse_bench::models::percentiles_ms;
-use pulse_models::{DEFAULT_MODEL, DeviceSpec, Embedder, EmbedderOptions, EncoderKind};
+use pulse_models::{DEFAULT_MODEL, DTypeSpec, DeviceSpec, Embedder, EmbedderOptions, EncoderKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,10 @@ pub struct EmbedArgs {
     /// Encoders to measure; `candle` is candle-transformers' BertModel.
     #[arg(long, value_delimiter = ',', default_value = "candle,native")]
     encoders: Vec<EncoderKind>,
+    /// Precisions to measure: f32, and int8 (the dense layers' weights in
+    /// int8, native encoder only), whose embeddings are compared with f32's.
+    #[arg(long, value_delimiter = ',', default_value = "f32,int8")]
+    dtypes: Vec<DTypeSpec>,
     /// Timed passes per case; the median is reported.
     #[arg(long, default_value = "3")]
     repeats: usize,
@@ -101,6 +105,16 @@ struct ReferenceInput<'a> {
     workloads: &'a [Workload],
 }
 
+/// How close a reduced precision's embeddings come to f32's on the
+/// workloads' texts.
+#[derive(Serialize)]
+struct PrecisionParity {
+    encoder: String,
+    min_cosine: f64,
+    mean_cosine: f64,
+    texts: usize,
+}
+
 #[derive(Serialize)]
 struct Report {
     model: String,
@@ -108,6 +122,7 @@ struct Report {
     cores: usize,
     repeats: usize,
     results: Vec<Measurement>,
+    precision_parity: Vec<PrecisionParity>,
     reference: Option<ReferenceRun>,
 }
 
@@ -133,25 +148,46 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         },
     ];
     let mut results = Vec::new();
+    let mut precision_parity = Vec::new();
     let mut model = None;
     for &encoder in &args.encoders {
-        for &threads in &args.threads {
-            let options = EmbedderOptions {
-                device: DeviceSpec::Cpu,
-                threads: Some(threads),
-                encoder,
-                ..EmbedderOptions::default()
-            };
-            let embedder = Embedder::load(&args.model, &options)?;
-            for workload in &workloads {
-                let measurement = measure(&embedder, workload, args.repeats)?;
-                eprintln!(
-                    "{encoder:>6} {threads} thread(s) {:<36} {:>8.0} tokens/s, batch p50 {:.1} ms",
-                    workload.name, measurement.tokens_per_second, measurement.batch_p50_ms
-                );
-                results.push(measurement);
+        for &dtype in &args.dtypes {
+            if encoder == EncoderKind::CandleReference && dtype != DTypeSpec::F32 {
+                eprintln!("{encoder} runs in f32 only: {dtype:?} skipped");
+                continue;
             }
-            model = Some(embedder.info().clone());
+            for &threads in &args.threads {
+                let options = EmbedderOptions {
+                    device: DeviceSpec::Cpu,
+                    dtype,
+                    threads: Some(threads),
+                    encoder,
+                    ..EmbedderOptions::default()
+                };
+                let embedder = Embedder::load(&args.model, &options)?;
+                let label = engine_label(&embedder);
+                for workload in &workloads {
+                    let measurement = measure(&embedder, workload, args.repeats)?;
+                    eprintln!(
+                        "{label:>11} {threads} thread(s) {:<36} {:>8.0} tokens/s, batch p50 {:.1} ms",
+                        workload.name, measurement.tokens_per_second, measurement.batch_p50_ms
+                    );
+                    results.push(measurement);
+                }
+                if embedder.info().dtype != "f32"
+                    && !precision_parity
+                        .iter()
+                        .any(|p: &PrecisionParity| p.encoder == label)
+                {
+                    let parity = parity_with_f32(&args.model, &embedder, &workloads[..2])?;
+                    eprintln!(
+                        "{label}: cosine to f32 min {:.6}, mean {:.6} ({} texts)",
+                        parity.min_cosine, parity.mean_cosine, parity.texts
+                    );
+                    precision_parity.push(parity);
+                }
+                model = Some(embedder.info().clone());
+            }
         }
     }
     let reference = match (&args.python, &model) {
@@ -174,12 +210,56 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         repeats: args.repeats,
         results,
+        precision_parity,
         reference,
     };
     if !args.no_charts {
         write_charts(&report, &args.out_dir, &args.charts)?;
     }
     write_report(&args.out_dir, "embed", &report, &markdown(&report))
+}
+
+/// The encoder's name, with its precision where that is not f32.
+fn engine_label(embedder: &Embedder) -> String {
+    let info = embedder.info();
+    match info.dtype.as_str() {
+        "f32" => info.encoder.to_string(),
+        dtype => format!("{} {dtype}", info.encoder),
+    }
+}
+
+/// Embeds every text of `workloads` with `embedder` and with the same encoder
+/// in f32, and compares them.
+fn parity_with_f32(
+    model: &str,
+    embedder: &Embedder,
+    workloads: &[Workload],
+) -> anyhow::Result<PrecisionParity> {
+    let f32_options = EmbedderOptions {
+        device: DeviceSpec::Cpu,
+        encoder: embedder.info().encoder,
+        ..EmbedderOptions::default()
+    };
+    let reference = Embedder::load(model, &f32_options)?;
+    let mut cosines = Vec::new();
+    for workload in workloads {
+        for batch in workload.texts.chunks(workload.batch_size) {
+            let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let (ours, theirs) = (embedder.embed(&batch)?, reference.embed(&batch)?);
+            cosines.extend(ours.iter().zip(&theirs).map(|(a, b)| cosine(a, b)));
+        }
+    }
+    Ok(PrecisionParity {
+        encoder: engine_label(embedder),
+        min_cosine: cosines.iter().copied().fold(f64::INFINITY, f64::min),
+        mean_cosine: cosines.iter().sum::<f64>() / cosines.len().max(1) as f64,
+        texts: cosines.len(),
+    })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| f64::from(p * q)).sum::<f64>();
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
 }
 
 /// Times whole passes over the workload: tokenizing and the forward pass,
@@ -210,7 +290,7 @@ fn measure(
         anyhow::Ok(())
     })?;
     Ok(Measurement {
-        encoder: embedder.info().encoder.to_string(),
+        encoder: engine_label(embedder),
         threads: embedder.info().threads,
         workload: workload.name.to_string(),
         texts: texts.len(),
@@ -302,7 +382,7 @@ fn write_charts(report: &Report, dir: &Path, formats: &[ChartFormat]) -> anyhow:
 
 fn markdown(report: &Report) -> String {
     let mut out = format!(
-        "Model `{}` on {} ({} cores), CPU, f32, median of {} passes.\n\n\
+        "Model `{}` on {} ({} cores), CPU, f32 unless named, median of {} passes.\n\n\
          | encoder | threads | workload | tokens | seconds | tokens/s | texts/s | batch p50 ms |\n\
          | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
         report.model, report.cpu, report.cores, report.repeats
@@ -318,6 +398,15 @@ fn markdown(report: &Report) -> String {
             m.tokens_per_second,
             m.texts_per_second,
             m.batch_p50_ms
+        ));
+    }
+    if !report.precision_parity.is_empty() {
+        out.push('\n');
+    }
+    for parity in &report.precision_parity {
+        out.push_str(&format!(
+            "- {}: cosine to the same encoder in f32 min {:.6}, mean {:.6} ({} texts)\n",
+            parity.encoder, parity.min_cosine, parity.mean_cosine, parity.texts
         ));
     }
     if let Some(reference) = &report.reference {
@@ -359,6 +448,12 @@ mod tests {
             cores: 2,
             repeats: 3,
             results: Vec::new(),
+            precision_parity: vec![PrecisionParity {
+                encoder: "native int8".into(),
+                min_cosine: 0.9991,
+                mean_cosine: 0.9998,
+                texts: 1200,
+            }],
             reference: Some(reference),
         };
         let table = markdown(&report);
@@ -371,6 +466,12 @@ mod tests {
         assert!(
             table.contains(
                 "onnxruntime 1.32.0: cosine to the sentence-transformers fixtures min 0.999990"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "- native int8: cosine to the same encoder in f32 min 0.999100, mean 0.999800 (1200 texts)"
             ),
             "{table}"
         );

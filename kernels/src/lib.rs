@@ -6,7 +6,9 @@
 //! device the data is on. The encoder-layer kernels are the CPU's alone: on a
 //! GPU the encoder runs Candle's own (cuBLAS) ops.
 
+mod disjoint;
 pub mod distance;
+pub mod matmul;
 pub mod pooling;
 pub mod ptx;
 pub mod transformer;

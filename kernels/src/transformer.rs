@@ -1,13 +1,17 @@
 //! CPU kernels of a BERT-family encoder layer on a padding-free batch: the
 //! tokens of every sequence packed into one `tokens × hidden` matrix, f32.
 //!
-//! The dense layers are one matrix multiply over all tokens with the bias
-//! (and, where a residual follows, the residual) written into the output
-//! first, so the multiply accumulates onto it and no separate pass adds
-//! them. Attention runs per sequence and head straight on the packed
+//! The dense layers are one matrix multiply over all tokens against weights
+//! packed at load ([`crate::matmul`], f32 or int8), with the bias (and,
+//! where a residual follows, the residual) written into the output first, so
+//! the multiply accumulates onto it and no separate pass adds them. Attention runs per sequence and head straight on the packed
 //! query/key/value matrix (block-diagonal: no padding, no gather). Layer norm
 //! and the activation run in place over rows.
 
+use crate::disjoint::DisjointWrites;
+use crate::matmul::PackedMatrix;
+pub use crate::matmul::WeightPrecision;
+use crate::matmul::{Accumulate, Operand, multiply};
 use crate::vector_math;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -35,58 +39,46 @@ fn expect_len(what: &str, len: usize, expected: usize) -> Result<()> {
 /// the task, small enough to spread a short batch over the threads.
 const ROWS_PER_TASK: usize = 16;
 
-/// Multiplies smaller than this (m·n·k) run on the calling thread: gemm's
-/// thread start-up costs more than they take.
-const PARALLEL_GEMM_WORK: usize = 64 * 64 * 64;
-
 /// A linear layer `y = x·Wᵀ + b`.
 #[derive(Debug, Clone)]
 pub struct Dense {
-    /// Wᵀ: `inputs × outputs`, row-major. gemm puts a row-major output's
-    /// weight operand on its packed side; in this layout it can read it as it
-    /// lies instead of repacking it on every call (see `forward`).
-    weight_t: Vec<f32>,
+    /// W, packed once for the multiply.
+    weight: PackedMatrix,
     bias: Vec<f32>,
-    inputs: usize,
-    outputs: usize,
 }
 
 impl Dense {
     /// `weight` is `outputs × inputs` row-major, as PyTorch stores it.
-    pub fn new(weight: Vec<f32>, bias: Vec<f32>, inputs: usize, outputs: usize) -> Result<Self> {
+    pub fn new(
+        weight: &[f32],
+        bias: Vec<f32>,
+        inputs: usize,
+        outputs: usize,
+        precision: WeightPrecision,
+    ) -> Result<Self> {
         expect_len("dense weight", weight.len(), inputs * outputs)?;
         expect_len("dense bias", bias.len(), outputs)?;
-        let mut weight_t = vec![0.0; weight.len()];
-        for (o, row) in weight.chunks_exact(inputs).enumerate() {
-            for (i, w) in row.iter().enumerate() {
-                weight_t[i * outputs + o] = *w;
-            }
-        }
         Ok(Dense {
-            weight_t,
+            weight: PackedMatrix::new(weight, inputs, outputs, precision),
             bias,
-            inputs,
-            outputs,
         })
     }
 
     pub fn inputs(&self) -> usize {
-        self.inputs
+        self.weight.inputs()
     }
 
     pub fn outputs(&self) -> usize {
-        self.outputs
+        self.weight.outputs()
     }
 
     /// Multiplies the weights and biases of `outputs` by `factor`: folds
     /// attention's 1/√head_dim into the query projection once, at load.
     pub fn scale_outputs(&mut self, outputs: Range<usize>, factor: f32) {
-        for o in outputs {
-            for i in 0..self.inputs {
-                self.weight_t[i * self.outputs + o] *= factor;
-            }
-            self.bias[o] *= factor;
+        for bias in &mut self.bias[outputs.clone()] {
+            *bias *= factor;
         }
+        self.weight.scale_outputs(outputs, factor);
     }
 
     /// `out = input·Wᵀ + b (+ residual)` for `input` of `rows × inputs`;
@@ -97,19 +89,19 @@ impl Dense {
         residual: Option<&[f32]>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        if self.inputs == 0 || !input.len().is_multiple_of(self.inputs) {
+        let (inputs, outputs) = (self.inputs(), self.outputs());
+        if inputs == 0 || !input.len().is_multiple_of(inputs) {
             return Err(TransformerError::Shape(format!(
-                "dense input of {} values is not rows of {}",
+                "dense input of {} values is not rows of {inputs}",
                 input.len(),
-                self.inputs
             )));
         }
-        let rows = input.len() / self.inputs;
+        let rows = input.len() / inputs;
         out.clear();
         match residual {
             Some(residual) => {
-                expect_len("residual", residual.len(), rows * self.outputs)?;
-                for row in residual.chunks_exact(self.outputs) {
+                expect_len("residual", residual.len(), rows * outputs)?;
+                for row in residual.chunks_exact(outputs) {
                     out.extend(row.iter().zip(&self.bias).map(|(r, b)| r + b));
                 }
             }
@@ -119,24 +111,7 @@ impl Dense {
                 }
             }
         }
-        let work = rows * self.outputs * self.inputs;
-        let parallelism = match rayon::current_num_threads() {
-            n if n > 1 && work >= PARALLEL_GEMM_WORK => Parallelism::Rayon(n),
-            _ => Parallelism::None,
-        };
-        // SAFETY: `input` is rows × inputs, `out` rows × outputs and the
-        // transposed weight inputs × outputs, all row-major (checked above and
-        // in `new`). gemm reads and writes only inside those buffers.
-        unsafe {
-            multiply(
-                (rows, self.outputs, self.inputs),
-                Operand::row_major(out.as_mut_ptr(), self.outputs),
-                Accumulate::Yes,
-                Operand::row_major(input.as_ptr(), self.inputs),
-                Operand::row_major(self.weight_t.as_ptr(), self.outputs),
-                parallelism,
-            );
-        }
+        self.weight.multiply_accumulate(input, out);
         Ok(())
     }
 }
@@ -206,22 +181,6 @@ impl LayerNorm {
     }
 }
 
-/// The output buffer of attention, written by many tasks at once, each in
-/// its own (sequence rows × head columns) block.
-struct DisjointWrites(*mut f32);
-// SAFETY: tasks write through the pointer only into blocks no other task
-// touches (see `attention`), and the buffer outlives the parallel loop.
-unsafe impl Send for DisjointWrites {}
-unsafe impl Sync for DisjointWrites {}
-
-impl DisjointWrites {
-    /// The value `offset` places into the buffer. A method, so closures
-    /// capture the whole (`Sync`) wrapper rather than its raw pointer.
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// Multi-head self-attention over packed sequences.
 ///
 /// `qkv` is `tokens × 3·hidden` (queries, keys, values side by side, heads
@@ -253,7 +212,7 @@ pub fn attention(
             Some(start)
         })
         .collect();
-    let out = DisjointWrites(context.as_mut_ptr());
+    let out = DisjointWrites::new(context);
     let qkv_row = 3 * hidden;
     (0..lengths.len() * heads).into_par_iter().for_each_init(
         Vec::new,
@@ -309,83 +268,6 @@ pub fn attention(
     Ok(())
 }
 
-/// A matrix operand for gemm: where its first value is and how far apart
-/// its rows and columns lie.
-#[derive(Clone, Copy)]
-struct Operand<P> {
-    at: P,
-    row_stride: isize,
-    column_stride: isize,
-}
-
-impl<P> Operand<P> {
-    /// Rows `row_length` values apart, columns adjacent.
-    fn row_major(at: P, row_length: usize) -> Self {
-        Operand {
-            at,
-            row_stride: row_length as isize,
-            column_stride: 1,
-        }
-    }
-
-    /// The transpose of a row-major matrix with rows `row_length` apart.
-    fn column_major(at: P, row_length: usize) -> Self {
-        Operand {
-            at,
-            row_stride: 1,
-            column_stride: row_length as isize,
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Accumulate {
-    /// `dst = lhs·rhs`
-    No,
-    /// `dst += lhs·rhs`
-    Yes,
-}
-
-/// `dst (m × n) = lhs (m × k) · rhs (k × n)`, or `+=` when accumulating.
-///
-/// # Safety
-/// Each operand must address valid f32s at every (row, column) of its
-/// shape, and `dst` must not overlap the inputs or be written by anyone
-/// else during the call.
-unsafe fn multiply(
-    (m, n, k): (usize, usize, usize),
-    dst: Operand<*mut f32>,
-    accumulate: Accumulate,
-    lhs: Operand<*const f32>,
-    rhs: Operand<*const f32>,
-    parallelism: Parallelism,
-) {
-    // SAFETY: passed on from the caller's promise.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.at,
-            dst.column_stride,
-            dst.row_stride,
-            accumulate == Accumulate::Yes,
-            lhs.at,
-            lhs.column_stride,
-            lhs.row_stride,
-            rhs.at,
-            rhs.column_stride,
-            rhs.row_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 fn softmax_in_place(row: &mut [f32]) {
     let max = vector_math::reduce(row, f32::NEG_INFINITY, |a, b| if a > b { a } else { b });
     vector_math::map_in_place(row, move |v| vector_math::exp(v - max));
@@ -424,7 +306,8 @@ mod tests {
         let bias = values(outputs, 2);
         let input = values(rows * inputs, 3);
         let residual = values(rows * outputs, 4);
-        let dense = Dense::new(weight.clone(), bias.clone(), inputs, outputs).unwrap();
+        let dense =
+            Dense::new(&weight, bias.clone(), inputs, outputs, WeightPrecision::F32).unwrap();
         let mut out = Vec::new();
         dense.forward(&input, Some(&residual), &mut out).unwrap();
         let mut expected = vec![0.0; rows * outputs];
@@ -446,20 +329,22 @@ mod tests {
 
     #[test]
     fn dense_rejects_ragged_input() {
-        let dense = Dense::new(vec![0.0; 6], vec![0.0; 2], 3, 2).unwrap();
+        let dense = Dense::new(&[0.0; 6], vec![0.0; 2], 3, 2, WeightPrecision::F32).unwrap();
         let mut out = Vec::new();
         assert!(dense.forward(&[1.0; 4], None, &mut out).is_err());
         assert!(dense.forward(&[1.0; 3], Some(&[0.0; 3]), &mut out).is_err());
-        assert!(Dense::new(vec![0.0; 5], vec![0.0; 2], 3, 2).is_err());
+        assert!(Dense::new(&[0.0; 5], vec![0.0; 2], 3, 2, WeightPrecision::F32).is_err());
     }
 
     #[test]
     fn scaled_outputs_scale_weights_and_bias() {
-        let mut dense = Dense::new(vec![1.0; 6], vec![1.0; 3], 2, 3).unwrap();
-        dense.scale_outputs(0..1, 0.5);
-        let mut out = Vec::new();
-        dense.forward(&[1.0, 1.0], None, &mut out).unwrap();
-        assert_eq!(out, vec![1.5, 3.0, 3.0]);
+        for precision in [WeightPrecision::F32, WeightPrecision::Int8] {
+            let mut dense = Dense::new(&[1.0; 6], vec![1.0; 3], 2, 3, precision).unwrap();
+            dense.scale_outputs(0..1, 0.5);
+            let mut out = Vec::new();
+            dense.forward(&[1.0, 1.0], None, &mut out).unwrap();
+            assert_eq!(out, vec![1.5, 3.0, 3.0], "{precision:?}");
+        }
     }
 
     #[test]

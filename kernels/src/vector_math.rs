@@ -75,6 +75,39 @@ fn map_avx2(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     map(values, f);
 }
 
+/// `out[i] = f(input[i])` over the shorter of the two, compiled for AVX2
+/// where the CPU has it.
+#[inline(always)]
+pub(crate) fn map_into<T>(input: &[f32], out: &mut [T], f: impl Fn(f32) -> T + Copy) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU was just found to support AVX2.
+        unsafe { map_into_avx2(input, out, f) };
+        return;
+    }
+    map_into_lanes(input, out, f);
+}
+
+#[inline(always)]
+fn map_into_lanes<T>(input: &[f32], out: &mut [T], f: impl Fn(f32) -> T + Copy) {
+    out.iter_mut().zip(input).for_each(|(o, v)| *o = f(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn map_into_avx2<T>(input: &[f32], out: &mut [T], f: impl Fn(f32) -> T + Copy) {
+    map_into_lanes(input, out, f);
+}
+
+/// `x` rounded to the nearest integer, ties to even, for |x| < 2²²: adding
+/// 1.5·2²³ leaves no fraction bits, and unlike `f32::round` (a libm call
+/// without SSE4.1) it compiles to two vector additions.
+#[inline(always)]
+pub(crate) fn round_small(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (x + SHIFT) - SHIFT
+}
+
 /// Folds the values with `f` (associative and commutative: the order is
 /// lane by lane), compiled for AVX2 where the CPU has it.
 #[inline(always)]
@@ -114,6 +147,16 @@ mod tests {
 
     fn grid(from: f32, to: f32, steps: usize) -> impl Iterator<Item = f32> {
         (0..=steps).map(move |i| from + (to - from) * i as f32 / steps as f32)
+    }
+
+    #[test]
+    fn small_values_round_to_nearest_even() {
+        for (x, expected) in [(2.5, 2.0), (3.5, 4.0), (-2.5, -2.0), (-16383.5, -16384.0)] {
+            assert_eq!(round_small(x), expected, "{x}");
+        }
+        for x in grid(-40_000.0, 40_000.0, 100_003) {
+            assert_eq!(round_small(x), x.round_ties_even(), "{x}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Device and dtype choice: `auto|cpu|cuda[:N]` and `auto|f32|f16|bf16`.
+//! Device and dtype choice: `auto|cpu|cuda[:N]` and `auto|f32|f16|bf16|int8`.
 
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device};
+use pulse_kernels::transformer::WeightPrecision;
 use std::fmt;
 use std::str::FromStr;
 
@@ -104,6 +105,25 @@ pub enum DTypeSpec {
     F32,
     F16,
     BF16,
+    /// f32 with the dense layers' weights in int8 (CPU only).
+    Int8,
+}
+
+/// What a dtype choice runs in: the dtype Candle loads the weights in and
+/// runs its tensors in, and how the CPU layer holds its dense weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    pub dtype: DType,
+    pub dense_weights: WeightPrecision,
+}
+
+impl Precision {
+    pub fn name(&self) -> &'static str {
+        match self.dense_weights {
+            WeightPrecision::Int8 => "int8",
+            WeightPrecision::F32 => self.dtype.as_str(),
+        }
+    }
 }
 
 impl FromStr for DTypeSpec {
@@ -115,27 +135,41 @@ impl FromStr for DTypeSpec {
             "f32" | "float32" => Ok(DTypeSpec::F32),
             "f16" | "float16" | "half" => Ok(DTypeSpec::F16),
             "bf16" | "bfloat16" => Ok(DTypeSpec::BF16),
+            "int8" | "i8" => Ok(DTypeSpec::Int8),
             _ => Err(ModelError::InvalidDType(s.to_string())),
         }
     }
 }
 
 impl DTypeSpec {
-    pub fn select(self, device: &Device) -> Result<DType> {
+    pub fn select(self, device: &Device) -> Result<Precision> {
+        let unsupported = |dtype: &str| ModelError::UnsupportedDType {
+            dtype: dtype.to_string(),
+            device: if device.is_cpu() { "cpu" } else { "cuda" }.to_string(),
+        };
         let dtype = match (self, device.is_cpu()) {
             (DTypeSpec::Auto, true) | (DTypeSpec::F32, _) => DType::F32,
             (DTypeSpec::Auto, false) | (DTypeSpec::F16, _) => DType::F16,
             (DTypeSpec::BF16, _) => DType::BF16,
+            // The int8 weights live in pulse-kernels' CPU layer; on a GPU,
+            // f16 and bf16 are the reduced precisions.
+            (DTypeSpec::Int8, true) => {
+                return Ok(Precision {
+                    dtype: DType::F32,
+                    dense_weights: WeightPrecision::Int8,
+                });
+            }
+            (DTypeSpec::Int8, false) => return Err(unsupported("int8")),
         };
-        // Reduced precision on the CPU comes with the CPU encoder work; until
-        // then Candle's generic f16/bf16 CPU path is slower than f32, not faster.
+        // Candle's generic f16/bf16 CPU path is slower than f32, not faster;
+        // int8 weights are the CPU's reduced precision.
         if device.is_cpu() && dtype != DType::F32 {
-            return Err(ModelError::UnsupportedDType {
-                dtype: dtype.as_str().to_string(),
-                device: "cpu".to_string(),
-            });
+            return Err(unsupported(dtype.as_str()));
         }
-        Ok(dtype)
+        Ok(Precision {
+            dtype,
+            dense_weights: WeightPrecision::F32,
+        })
     }
 }
 
@@ -158,7 +192,14 @@ mod tests {
     fn cpu_always_works_and_runs_f32() {
         let device = DeviceSpec::Cpu.select().unwrap();
         assert!(device.is_cpu());
-        assert_eq!(DTypeSpec::Auto.select(&device).unwrap(), DType::F32);
+        let auto = DTypeSpec::Auto.select(&device).unwrap();
+        assert_eq!(auto.dtype, DType::F32);
+        assert_eq!(auto.dense_weights, WeightPrecision::F32);
+        assert_eq!(auto.name(), "f32");
+        let int8 = DTypeSpec::Int8.select(&device).unwrap();
+        assert_eq!(int8.dtype, DType::F32);
+        assert_eq!(int8.dense_weights, WeightPrecision::Int8);
+        assert_eq!(int8.name(), "int8");
         assert!(matches!(
             DTypeSpec::F16.select(&device),
             Err(ModelError::UnsupportedDType { .. })
@@ -178,6 +219,7 @@ mod tests {
     fn parses_dtypes() {
         assert_eq!("bf16".parse::<DTypeSpec>().unwrap(), DTypeSpec::BF16);
         assert_eq!("float16".parse::<DTypeSpec>().unwrap(), DTypeSpec::F16);
+        assert_eq!("INT8".parse::<DTypeSpec>().unwrap(), DTypeSpec::Int8);
         assert!("int4".parse::<DTypeSpec>().is_err());
     }
 }

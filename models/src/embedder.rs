@@ -6,7 +6,7 @@ use crate::encoder::{Encoder, EncoderKind, batch_input};
 use crate::error::{ModelError, Result};
 use crate::source::{ModelOrigin, ResolveOptions, ResolvedModel, resolve_with};
 use crate::tokenize::{TextTokenizer, TokenizedText};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use pulse_kernels::Pooling;
 use rayon::prelude::*;
 use std::path::PathBuf;
@@ -77,12 +77,12 @@ impl Embedder {
     pub fn from_resolved(model: ResolvedModel, options: &EmbedderOptions) -> Result<Self> {
         let started = Instant::now();
         let device = options.device.select()?;
-        let dtype: DType = options.dtype.select(&device)?;
+        let precision = options.dtype.select(&device)?;
         let config = ModelConfig::load(&model.dir)?;
         let tokenizer =
             TextTokenizer::load(&model.dir, config.max_seq_length, config.do_lower_case)?;
         let (encoder, parameters) =
-            Encoder::load(&model.dir, &config, options.encoder, dtype, &device)?;
+            Encoder::load(&model.dir, &config, options.encoder, precision, &device)?;
         let threads = match options.threads {
             Some(n) => Some(
                 rayon::ThreadPoolBuilder::new()
@@ -106,7 +106,7 @@ impl Embedder {
             dir: model.dir,
             origin: model.origin,
             device: device_name(&device),
-            dtype: dtype.as_str().to_string(),
+            dtype: precision.name().to_string(),
             encoder: options.encoder,
             threads: threads
                 .as_ref()

@@ -2,12 +2,13 @@
 //! stock `BertModel` kept as the reference it is checked and measured against.
 
 use crate::config::{Architecture, ModelConfig};
+use crate::device::{Precision, device_name};
 use crate::error::{ModelError, Result};
 use crate::source::{PYTORCH_FILE, SAFETENSORS_FILE};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::bert::{self, BertModel, HiddenAct};
-use pulse_kernels::transformer::{self as kernels, Activation, Dense};
+use pulse_kernels::transformer::{self as kernels, Activation, Dense, WeightPrecision};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -69,25 +70,27 @@ impl Encoder {
         dir: &Path,
         config: &ModelConfig,
         kind: EncoderKind,
-        dtype: DType,
+        precision: Precision,
         device: &Device,
     ) -> Result<(Self, usize)> {
-        let vb = open_weights(dir, dtype, device)?;
+        let vb = open_weights(dir, precision.dtype, device)?;
         let prefix = weight_prefix(&vb).ok_or_else(|| ModelError::InvalidConfig {
             path: dir.to_path_buf(),
             message: "the weights hold no `embeddings.word_embeddings.weight` (under no prefix, `bert.`, `roberta.` or `model.`)".into(),
         })?;
         let vb = if prefix.is_empty() { vb } else { vb.pp(prefix) };
         let encoder = match kind {
-            EncoderKind::Native => Encoder::Native(NativeEncoder::load(vb, config)?),
+            EncoderKind::Native => {
+                Encoder::Native(NativeEncoder::load(vb, config, precision.dense_weights)?)
+            }
             EncoderKind::CandleReference => {
-                if config.architecture != Architecture::Bert || dtype != DType::F32 {
+                if config.architecture != Architecture::Bert || precision.name() != "f32" {
                     return Err(ModelError::InvalidConfig {
                         path: dir.to_path_buf(),
                         message: format!(
                             "the candle reference encoder runs bert in f32 only, not {} in {}",
                             config.architecture,
-                            dtype.as_str()
+                            precision.name()
                         ),
                     });
                 }
@@ -239,14 +242,26 @@ struct CpuLayer {
 const PADDING_PENALTY: f64 = 10_000.0;
 
 impl NativeEncoder {
-    fn load(vb: VarBuilder, config: &ModelConfig) -> Result<Self> {
+    /// Int8 `dense_weights` need the CPU layer, hence f32 on the CPU.
+    fn load(vb: VarBuilder, config: &ModelConfig, dense_weights: WeightPrecision) -> Result<Self> {
         let kernels = vb.device().is_cpu() && vb.dtype() == DType::F32;
-        Self::load_with(vb, config, kernels)
+        if !kernels && dense_weights != WeightPrecision::F32 {
+            return Err(ModelError::UnsupportedDType {
+                dtype: "int8".into(),
+                device: device_name(vb.device()),
+            });
+        }
+        Self::load_with(vb, config, kernels.then_some(dense_weights))
     }
 
     /// `cpu_kernels`: run the layers through pulse-kernels (f32 on the CPU
-    /// only) rather than Candle's ops.
-    fn load_with(vb: VarBuilder, config: &ModelConfig, cpu_kernels: bool) -> Result<Self> {
+    /// only), their dense weights held in this precision, rather than
+    /// Candle's ops.
+    fn load_with(
+        vb: VarBuilder,
+        config: &ModelConfig,
+        cpu_kernels: Option<WeightPrecision>,
+    ) -> Result<Self> {
         let c: &bert::Config = &config.encoder;
         if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(ModelError::UnsupportedArchitecture(format!(
@@ -269,15 +284,14 @@ impl NativeEncoder {
         let layers = (0..c.num_hidden_layers)
             .map(|i| EncoderLayer::load(vb.pp(format!("encoder.layer.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
-        let layers = if cpu_kernels {
-            Layers::Cpu(
+        let layers = match cpu_kernels {
+            Some(dense_weights) => Layers::Cpu(
                 layers
                     .iter()
-                    .map(|layer| layer.to_cpu(heads, c.hidden_act))
+                    .map(|layer| layer.to_cpu(heads, c.hidden_act, dense_weights))
                     .collect::<Result<_>>()?,
-            )
-        } else {
-            Layers::Tensors(layers)
+            ),
+            None => Layers::Tensors(layers),
         };
         Ok(NativeEncoder {
             word_embeddings: candle_nn::embedding(c.vocab_size, h, emb.pp("word_embeddings"))?,
@@ -471,23 +485,30 @@ impl EncoderLayer {
         })
     }
 
-    /// Copies the f32 weights to the host for the CPU layer.
-    fn to_cpu(&self, heads: usize, activation: HiddenAct) -> Result<CpuLayer> {
-        let mut qkv = dense_on_host(&self.qkv)?;
+    /// Copies the f32 weights to the host for the CPU layer, the dense ones
+    /// packed in `dense_weights`.
+    fn to_cpu(
+        &self,
+        heads: usize,
+        activation: HiddenAct,
+        dense_weights: WeightPrecision,
+    ) -> Result<CpuLayer> {
+        let dense = |linear| dense_on_host(linear, dense_weights);
+        let mut qkv = dense(&self.qkv)?;
         let hidden = qkv.inputs();
         let head_dim = hidden / heads;
         qkv.scale_outputs(0..hidden, 1.0 / (head_dim as f32).sqrt());
         Ok(CpuLayer {
             qkv,
-            attention_out: dense_on_host(&self.attention_out)?,
+            attention_out: dense(&self.attention_out)?,
             attention_norm: layer_norm_on_host(&self.attention_norm)?,
-            intermediate: dense_on_host(&self.intermediate)?,
+            intermediate: dense(&self.intermediate)?,
             activation: match activation {
                 HiddenAct::Gelu => Activation::GeluErf,
                 HiddenAct::GeluApproximate => Activation::GeluTanh,
                 HiddenAct::Relu => Activation::Relu,
             },
-            output: dense_on_host(&self.output)?,
+            output: dense(&self.output)?,
             output_norm: layer_norm_on_host(&self.output_norm)?,
         })
     }
@@ -497,17 +518,18 @@ fn host_values(tensor: &Tensor) -> candle_core::Result<Vec<f32>> {
     tensor.flatten_all()?.to_vec1::<f32>()
 }
 
-fn dense_on_host(linear: &Linear) -> Result<Dense> {
+fn dense_on_host(linear: &Linear, precision: WeightPrecision) -> Result<Dense> {
     let (outputs, inputs) = linear.weight().dims2()?;
     let bias = match linear.bias() {
         Some(bias) => host_values(bias)?,
         None => vec![0.0; outputs],
     };
     Ok(Dense::new(
-        host_values(linear.weight())?,
+        &host_values(linear.weight())?,
         bias,
         inputs,
         outputs,
+        precision,
     )?)
 }
 
@@ -608,7 +630,8 @@ mod tests {
             let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
             NativeEncoder::load_with(vb, &config, cpu_kernels).unwrap()
         };
-        let (kernels, ops) = (encoder(true), encoder(false));
+        let (kernels, ops) = (encoder(Some(WeightPrecision::F32)), encoder(None));
+        let int8 = encoder(Some(WeightPrecision::Int8));
         assert!(matches!(kernels.layers, Layers::Cpu(_)));
         assert!(matches!(ops.layers, Layers::Tensors(_)));
         let ids: [&[u32]; 4] = [
@@ -623,7 +646,7 @@ mod tests {
         let input = batch_input(&sequences, &config, &Device::Cpu).unwrap();
         let states =
             |encoder: &NativeEncoder| encoder.forward(&input).unwrap().to_vec3::<f32>().unwrap();
-        let (a, b) = (states(&kernels), states(&ops));
+        let (a, b, q) = (states(&kernels), states(&ops), states(&int8));
         for (row, ids) in ids.iter().enumerate() {
             for t in 0..ids.len() {
                 for (x, y) in a[row][t].iter().zip(&b[row][t]) {
@@ -632,6 +655,15 @@ mod tests {
                         "sequence {row}, token {t}: {x} vs {y}"
                     );
                 }
+                // Int8 weights move every state a little, never far.
+                let (f, i) = (&b[row][t], &q[row][t]);
+                let dot: f32 = f.iter().zip(i).map(|(x, y)| x * y).sum();
+                let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let cosine = dot / (norm(f) * norm(i));
+                assert!(
+                    (0.999..1.0001).contains(&cosine),
+                    "int8, sequence {row}, token {t}: cosine {cosine}"
+                );
             }
         }
     }

@@ -39,7 +39,7 @@ pub enum ModelError {
     #[error("device {0} needs pulse built with the `cuda` feature")]
     CudaNotBuilt(String),
 
-    #[error("invalid dtype `{0}`: expected auto, f32, f16 or bf16")]
+    #[error("invalid dtype `{0}`: expected auto, f32, f16, bf16 or int8")]
     InvalidDType(String),
 
     #[error("dtype {dtype} is not supported on {device}")]

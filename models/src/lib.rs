@@ -18,7 +18,7 @@ mod tokenize;
 
 pub use candle_core::Device;
 pub use config::{Architecture, ModelConfig};
-pub use device::{DTypeSpec, DeviceSpec, GpuMemory, device_name, gpu_memory};
+pub use device::{DTypeSpec, DeviceSpec, GpuMemory, Precision, device_name, gpu_memory};
 pub use embedder::{Embedder, EmbedderOptions, ModelInfo};
 pub use encoder::EncoderKind;
 pub use error::{ModelError, Result};

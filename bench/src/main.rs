@@ -5,6 +5,7 @@ mod embed;
 mod gpu;
 mod ingest;
 mod load;
+mod matmul;
 mod storm;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Embedding throughput on the CPU: short and 256-token texts.
     Embed(embed::EmbedArgs),
+    /// The dense layers' matrix multiplies alone: pulse's f32 tile and int8
+    /// beside the gemm crate, GFLOP/s.
+    Matmul(matmul::MatmulArgs),
     /// Concurrent gRPC clients against `pulse serve`, beside the engine's
     /// offline batched throughput.
     Load(load::LoadArgs),
@@ -43,6 +47,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Embed(args) => embed::run(args),
+        Command::Matmul(args) => matmul::run(args),
         Command::Load(args) => load::run(args),
         Command::Ingest(args) => ingest::run(args),
         Command::Cluster(args) => cluster::run(args),

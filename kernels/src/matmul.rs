@@ -8,8 +8,8 @@
 //! where they lie: no per-call packing of either side.
 //!
 //! Two precisions share that layout and driver:
-//! - **f32**: fused multiply-add, bit-for-bit the order a plain dot product
-//!   would add in within each block of [`F32_BLOCK`] inputs;
+//! - **f32**: each output takes its products in input order by fused
+//!   multiply-add, onto what the output held (the bias, say);
 //! - **int8 weights**: each output column quantised symmetrically to
 //!   ±127, with its own scale for every 64 inputs (an outlier weight then
 //!   coarsens only its group); each activation row quantised at run time to
@@ -19,7 +19,9 @@
 //!   quantisation group), which also keeps the i32 sums from overflowing.
 //!
 //! Both have an AVX2 micro-kernel chosen at run time and a portable one with
-//! the same results up to rounding, used where AVX2/FMA are missing.
+//! the same results up to rounding, used where AVX2/FMA are missing. On
+//! CPUs with AVX-512, f32 weights are instead stored transposed for the
+//! `gemm` crate, whose 512-bit kernels outrun this AVX2 tile.
 
 use crate::disjoint::DisjointWrites;
 use crate::vector_math;
@@ -54,7 +56,8 @@ const ACTIVATION_MAX: f32 = 32767.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightPrecision {
     F32,
-    /// Symmetric int8 per output column; activations in 16 bits per row.
+    /// Symmetric int8 per output column and group of 64 inputs; activations
+    /// in 16 bits per row.
     Int8,
 }
 
@@ -95,7 +98,10 @@ impl PackedMatrix {
         )
     }
 
-    fn with_layout(
+    /// As [`PackedMatrix::new`], with the f32 layout chosen by the caller
+    /// (the int8 layout is always panels): for benchmarks that set the
+    /// two f32 paths side by side.
+    pub fn with_layout(
         weight: &[f32],
         inputs: usize,
         outputs: usize,
@@ -534,13 +540,14 @@ impl OutputTiles {
 
 /// How f32 weights are laid out: for pulse's tile, or for the gemm crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum F32Layout {
+pub enum F32Layout {
     Panels,
     Transposed,
 }
 
 impl F32Layout {
-    fn for_this_cpu() -> Self {
+    /// Transposed for gemm where the CPU has AVX-512, else panels.
+    pub fn for_this_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             return F32Layout::Transposed;

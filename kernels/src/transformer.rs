@@ -4,14 +4,14 @@
 //! The dense layers are one matrix multiply over all tokens against weights
 //! packed at load ([`crate::matmul`], f32 or int8), with the bias (and,
 //! where a residual follows, the residual) written into the output first, so
-//! the multiply accumulates onto it and no separate pass adds them. Attention runs per sequence and head straight on the packed
+//! the multiply accumulates onto it and no separate pass adds them.
+//! Attention runs per sequence and head straight on the packed
 //! query/key/value matrix (block-diagonal: no padding, no gather). Layer norm
 //! and the activation run in place over rows.
 
 use crate::disjoint::DisjointWrites;
-use crate::matmul::PackedMatrix;
 pub use crate::matmul::WeightPrecision;
-use crate::matmul::{Accumulate, Operand, multiply};
+use crate::matmul::{Accumulate, Operand, PackedMatrix, multiply};
 use crate::vector_math;
 use gemm::Parallelism;
 use rayon::prelude::*;

@@ -11,6 +11,8 @@ pub mod distance;
 pub mod matmul;
 pub mod pooling;
 pub mod ptx;
+#[cfg(test)]
+mod test_values;
 pub mod transformer;
 mod vector_math;
 

@@ -179,6 +179,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
                         .iter()
                         .any(|p: &PrecisionParity| p.encoder == label)
                 {
+                    // The two batch workloads: every text once.
                     let parity = parity_with_f32(&args.model, &embedder, &workloads[..2])?;
                     eprintln!(
                         "{label}: cosine to f32 min {:.6}, mean {:.6} ({} texts)",

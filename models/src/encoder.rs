@@ -84,7 +84,9 @@ impl Encoder {
                 Encoder::Native(NativeEncoder::load(vb, config, precision.dense_weights)?)
             }
             EncoderKind::CandleReference => {
-                if config.architecture != Architecture::Bert || precision.name() != "f32" {
+                let f32_only = precision.dtype == DType::F32
+                    && precision.dense_weights == WeightPrecision::F32;
+                if config.architecture != Architecture::Bert || !f32_only {
                     return Err(ModelError::InvalidConfig {
                         path: dir.to_path_buf(),
                         message: format!(

@@ -139,11 +139,17 @@ impl PackedMatrix {
                 for (o, row) in weight.chunks_exact(inputs).enumerate() {
                     let (panel, column) = (o / PANEL, o % PANEL);
                     for (group, part) in row.chunks(group_inputs).enumerate() {
-                        let largest = part.iter().fold(0.0f32, |m, w| m.max(w.abs()));
-                        if largest == 0.0 || !largest.is_finite() {
+                        let scale = &mut scales[(panel * groups + group) * PANEL + column];
+                        let largest = largest_magnitude(part);
+                        if !largest.is_finite() {
+                            // The column's outputs become NaN, as in f32.
+                            *scale = f32::NAN;
                             continue;
                         }
-                        scales[(panel * groups + group) * PANEL + column] = largest / INT8_MAX;
+                        if largest == 0.0 {
+                            continue;
+                        }
+                        *scale = largest / INT8_MAX;
                         let first = group * group_inputs;
                         let packed = &mut packed[panel * pairs * 2 * PANEL..];
                         for (i, w) in (first..).zip(part) {
@@ -200,8 +206,7 @@ impl PackedMatrix {
                 }
             }
             Values::Int8 { scales, .. } => {
-                let panels = self.outputs.div_ceil(PANEL);
-                let groups = scales.len() / (panels * PANEL).max(1);
+                let groups = self.inputs.div_ceil(2).div_ceil(GROUP_PAIRS);
                 for o in outputs {
                     for group in 0..groups {
                         scales[((o / PANEL) * groups + group) * PANEL + o % PANEL] *= factor;
@@ -223,10 +228,9 @@ impl PackedMatrix {
         debug_assert_eq!(out.len(), rows * self.outputs);
         match &self.values {
             Values::F32Transposed(transposed) => {
-                let work = rows * self.outputs * self.inputs;
-                let parallelism = match rayon::current_num_threads() {
-                    n if n > 1 && work >= PARALLEL_WORK => Parallelism::Rayon(n),
-                    _ => Parallelism::None,
+                let parallelism = match threads_for(rows * self.outputs * self.inputs) {
+                    Some(threads) => Parallelism::Rayon(threads),
+                    None => Parallelism::None,
                 };
                 // SAFETY: `input` is rows × inputs, `out` rows × outputs and
                 // the transposed weight inputs × outputs, all row-major
@@ -313,16 +317,14 @@ impl PackedMatrix {
     ) {
         let panels = self.outputs.div_ceil(PANEL);
         let row_blocks = rows.div_ceil(ROW_BLOCK);
-        let threads = rayon::current_num_threads();
-        let parallel = threads > 1 && rows * self.outputs * self.inputs >= PARALLEL_WORK;
+        let threads = threads_for(rows * self.outputs * self.inputs);
         // A short batch has too few row blocks to feed every thread; its
         // panels are split as well.
-        let panel_chunks = if parallel {
-            (3 * threads)
+        let panel_chunks = match threads {
+            Some(threads) => (3 * threads)
                 .div_ceil(row_blocks.max(1))
-                .clamp(1, panels.max(1))
-        } else {
-            1
+                .clamp(1, panels.max(1)),
+            None => 1,
         };
         let panels_per_chunk = panels.div_ceil(panel_chunks).max(1);
         let tiles = OutputTiles {
@@ -338,7 +340,7 @@ impl PackedMatrix {
             }
         };
         let tasks = row_blocks * panel_chunks;
-        if parallel {
+        if threads.is_some() {
             (0..tasks).into_par_iter().for_each(run);
         } else {
             (0..tasks).for_each(run);
@@ -423,6 +425,22 @@ pub(crate) unsafe fn multiply(
     }
 }
 
+/// The current pool's thread count, when a multiply of `work` multiply-adds
+/// is worth splitting over it.
+fn threads_for(work: usize) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    (threads > 1 && work >= PARALLEL_WORK).then_some(threads)
+}
+
+/// The largest magnitude among `values`, or NaN where one is NaN (it
+/// sticks once met, which `f32::max` would drop).
+fn largest_magnitude(values: &[f32]) -> f32 {
+    vector_math::reduce(values, 0.0, |m, v| {
+        let v = v.abs();
+        if v > m || v.is_nan() { v } else { m }
+    })
+}
+
 /// `0..len` in consecutive ranges of at most `size`.
 fn blocks(len: usize, size: usize) -> impl Iterator<Item = Range<usize>> + Clone {
     (0..len)
@@ -452,11 +470,7 @@ fn quantise_rows(input: &[f32], inputs: usize) -> (Vec<i16>, Vec<f32>) {
     let mut quantised = vec![0i16; rows * padded];
     let mut scales = vec![0.0f32; rows];
     let quantise = |((q, scale), row): ((&mut [i16], &mut f32), &[f32])| {
-        // NaN sticks once met, so a row holding one is found.
-        let largest = vector_math::reduce(row, 0.0, |m, v| {
-            let v = v.abs();
-            if v > m || v.is_nan() { v } else { m }
-        });
+        let largest = largest_magnitude(row);
         if !largest.is_finite() {
             // The row's outputs become NaN, as they would in f32.
             *scale = f32::NAN;
@@ -1028,6 +1042,15 @@ mod tests {
         // -0.5·32767 = -16383.5 rounds to even.
         assert_eq!(q, vec![0, 0, 0, 0, 32767, -16384, 8192, 0]);
         assert_eq!(scales, vec![0.0, 1.0 / 32767.0]);
+    }
+
+    #[test]
+    fn int8_weights_pass_nan_on_to_their_column() {
+        let weight = [0.5, f32::NAN, 0.25, 1.0, 0.5, 0.5];
+        let matrix = PackedMatrix::new(&weight, 3, 2, WeightPrecision::Int8);
+        let mut out = vec![0.0; 2];
+        matrix.multiply_accumulate(&[1.0, 1.0, 1.0], &mut out);
+        assert!(out[0].is_nan() && out[1].is_finite(), "{out:?}");
     }
 
     #[test]

@@ -24,9 +24,10 @@ pub struct EmbedArgs {
     /// Encoders to measure; `candle` is candle-transformers' BertModel.
     #[arg(long, value_delimiter = ',', default_value = "candle,native")]
     encoders: Vec<EncoderKind>,
-    /// Precisions to measure: f32, and int8 (the dense layers' weights in
-    /// int8, native encoder only), whose embeddings are compared with f32's.
-    #[arg(long, value_delimiter = ',', default_value = "f32,int8")]
+    /// Precisions to measure: f32, and bf16 and int8 (the dense layers in
+    /// that precision, native encoder only; bf16 where the CPU has AVX-512
+    /// BF16), whose embeddings are compared with f32's.
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16,int8")]
     dtypes: Vec<DTypeSpec>,
     /// Timed passes per case; the median is reported.
     #[arg(long, default_value = "3")]
@@ -154,6 +155,10 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         for &dtype in &args.dtypes {
             if encoder == EncoderKind::CandleReference && dtype != DTypeSpec::F32 {
                 eprintln!("{encoder} runs in f32 only: {dtype:?} skipped");
+                continue;
+            }
+            if dtype == DTypeSpec::BF16 && !pulse_kernels::matmul::bf16_runs_fast() {
+                eprintln!("this CPU has no AVX-512 BF16: {encoder} bf16 skipped");
                 continue;
             }
             for &threads in &args.threads {

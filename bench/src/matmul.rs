@@ -1,14 +1,14 @@
 //! `pulse-bench matmul`: the encoder's dense layers alone. GFLOP/s of
-//! pulse-kernels' packed multiply (f32 tile, int8) and of the gemm crate on
-//! the same weights, on all-MiniLM-L6-v2's shapes: a forward's 24 weight
-//! matrices (6 layers × QKV, attention output, feed-forward in and out) in
-//! turn, as the encoder reads them, for a batch of 256-token texts and for
-//! one short text; and one 6 × 16 tile on weights that stay in L1, the
-//! micro-kernel's own ceiling.
+//! pulse-kernels' packed multiply (f32 tile, bf16 where the CPU runs it,
+//! int8) and of the gemm crate on the same weights, on all-MiniLM-L6-v2's
+//! shapes: a forward's 24 weight matrices (6 layers × QKV, attention
+//! output, feed-forward in and out) in turn, as the encoder reads them, for
+//! a batch of 256-token texts and for one short text; and 6 rows × 32
+//! columns on weights that stay in L1, the micro-kernel's own ceiling.
 
 use crate::{cpu_name, median_run, write_report};
 use anyhow::bail;
-use pulse_kernels::matmul::{F32Layout, PackedMatrix, WeightPrecision};
+use pulse_kernels::matmul::{self, F32Layout, PackedMatrix, WeightPrecision};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -38,6 +38,7 @@ struct Measurement {
 #[derive(Serialize)]
 struct Report {
     cpu: String,
+    micro_kernels: &'static str,
     repeats: usize,
     results: Vec<Measurement>,
 }
@@ -77,9 +78,9 @@ fn cases() -> Vec<Case> {
             passes: 20,
         },
         Case {
-            name: "one 6×16 tile, weights in L1",
+            name: "6 × 32 outputs, weights in L1",
             rows: 6,
-            shapes: vec![(256, 16)],
+            shapes: vec![(256, 32)],
             passes: 20_000,
         },
     ]
@@ -96,7 +97,7 @@ pub fn run(args: MatmulArgs) -> anyhow::Result<()> {
     if args.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    let kernels = [
+    let mut kernels = vec![
         ("pulse f32 tile", WeightPrecision::F32, F32Layout::Panels),
         (
             "gemm crate f32",
@@ -105,6 +106,9 @@ pub fn run(args: MatmulArgs) -> anyhow::Result<()> {
         ),
         ("pulse int8", WeightPrecision::Int8, F32Layout::Panels),
     ];
+    if matmul::bf16_runs_fast() {
+        kernels.push(("pulse bf16", WeightPrecision::Bf16, F32Layout::Panels));
+    }
     let mut results = Vec::new();
     for case in cases() {
         let input = values(case.rows * INTERMEDIATE, 1);
@@ -114,7 +118,7 @@ pub fn run(args: MatmulArgs) -> anyhow::Result<()> {
             .map(|(inputs, outputs)| 2.0 * (case.rows * inputs * outputs) as f64)
             .sum::<f64>()
             * case.passes as f64;
-        for (kernel, precision, layout) in kernels {
+        for &(kernel, precision, layout) in &kernels {
             // Distinct weights for every matrix, so a forward reads 24 of
             // them from memory as the encoder does.
             let matrices: Vec<PackedMatrix> = case
@@ -166,6 +170,7 @@ pub fn run(args: MatmulArgs) -> anyhow::Result<()> {
     }
     let report = Report {
         cpu: cpu_name(),
+        micro_kernels: matmul::micro_kernels(),
         repeats: args.repeats,
         results,
     };
@@ -174,11 +179,11 @@ pub fn run(args: MatmulArgs) -> anyhow::Result<()> {
 
 fn markdown(report: &Report) -> String {
     let mut out = format!(
-        "Dense-layer multiplies on {}, median of {} runs; ms is one pass \
-         (a forward's 24 matrices, or one tile).\n\n\
+        "Dense-layer multiplies on {} (pulse's micro-kernels: {}), median of \
+         {} runs; ms is one pass (a forward's 24 matrices, or one tile).\n\n\
          | kernel | threads | case | rows | GFLOP/s | ms |\n\
          | --- | ---: | --- | ---: | ---: | ---: |\n",
-        report.cpu, report.repeats
+        report.cpu, report.micro_kernels, report.repeats
     );
     for m in &report.results {
         out.push_str(&format!(

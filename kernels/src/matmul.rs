@@ -2,30 +2,37 @@
 //! `out += input · Wᵀ` for the dense layers of the encoder.
 //!
 //! The weights are cut into panels of [`PANEL`] output columns, each stored
-//! contiguously step by step along the inputs, so the inner loop streams one
-//! panel from L1 while a strip of up to [`STRIP`] input rows is broadcast
-//! against it (a register tile of 6 × 16 outputs). The activations are read
+//! contiguously step by step along the inputs, so the inner loop streams
+//! panels from L1 while a strip of up to [`STRIP`] input rows is broadcast
+//! against them: a register tile of 6 rows × 16 columns (AVX2), or × 32
+//! columns from two panels side by side (AVX-512). The activations are read
 //! where they lie: no per-call packing of either side.
 //!
-//! Two precisions share that layout and driver:
+//! Three precisions share that layout and driver:
 //! - **f32**: each output takes its products in input order by fused
 //!   multiply-add, onto what the output held (the bias, say);
+//! - **bf16 weights** (AVX-512 BF16 only): weights and activations rounded
+//!   to bfloat16, two inputs per product pair summed into f32 by
+//!   `vdpbf16ps` (32 multiply-adds per instruction, twice f32's 16);
 //! - **int8 weights**: each output column quantised symmetrically to
 //!   ±127, with its own scale for every 64 inputs (an outlier weight then
 //!   coarsens only its group); each activation row quantised at run time to
 //!   ±32767 (16-bit) with its own scale. The products are summed in i32 by
-//!   `vpmaddwd` (16 multiply-adds per instruction, twice f32's 8) and scaled
-//!   back into the f32 output every [`GROUP_PAIRS`] input pairs (one
-//!   quantisation group), which also keeps the i32 sums from overflowing.
+//!   `vpmaddwd` (AVX2) or `vpdpwssd` (AVX-512 VNNI) and scaled back into the
+//!   f32 output every [`GROUP_PAIRS`] input pairs (one quantisation group),
+//!   which also keeps the i32 sums from overflowing.
 //!
-//! Both have an AVX2 micro-kernel chosen at run time and a portable one with
-//! the same results up to rounding, used where AVX2/FMA are missing. On
-//! CPUs with AVX-512, f32 weights are instead stored transposed for the
-//! `gemm` crate, whose 512-bit kernels outrun this AVX2 tile.
+//! Each has micro-kernels chosen at run time and a portable one with the
+//! same results up to rounding, used where the instructions are missing.
+//! On CPUs with AVX-512 but without the VNNI and BF16 extensions, f32
+//! weights are instead stored transposed for the `gemm` crate, whose
+//! 512-bit kernels outrun the AVX2 tile.
 
 use crate::disjoint::DisjointWrites;
 use crate::vector_math;
 use gemm::Parallelism;
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -33,8 +40,13 @@ use std::ops::Range;
 const PANEL: usize = 16;
 /// Input rows in one register tile.
 const STRIP: usize = 6;
-/// Inputs per block in f32: a 16 KiB panel slice that stays in L1.
+/// Panels side by side in the widest register tile (AVX-512's).
+const MAX_TILE_PANELS: usize = 2;
+/// Inputs per block in f32: 16 KiB of one panel (AVX2) or 32 KiB of two
+/// (AVX-512), which stay in L1 while every strip of the rows passes.
 const F32_BLOCK: usize = 256;
+/// Input pairs per block in bf16: 16 KiB of one panel, or 32 of two.
+const BF16_BLOCK_PAIRS: usize = 128;
 /// Input pairs sharing one int8 weight scale per column: a quantisation
 /// group of 64 inputs. On all-MiniLM-L6-v2's fixtures the lowest cosine to
 /// f32 was 0.99878 with groups of 128 and 0.99917 with 64. Each group's sum
@@ -56,9 +68,22 @@ const ACTIVATION_MAX: f32 = 32767.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightPrecision {
     F32,
+    /// bfloat16 weights and activations, products summed in f32; needs
+    /// AVX-512 BF16 to run fast (see [`bf16_runs_fast`]).
+    Bf16,
     /// Symmetric int8 per output column and group of 64 inputs; activations
     /// in 16 bits per row.
     Int8,
+}
+
+impl WeightPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightPrecision::F32 => "f32",
+            WeightPrecision::Bf16 => "bf16",
+            WeightPrecision::Int8 => "int8",
+        }
+    }
 }
 
 /// A weight matrix `W` (`outputs × inputs`) packed for [`PackedMatrix::multiply_accumulate`].
@@ -78,6 +103,9 @@ enum Values {
     /// instruction. In this layout gemm reads it as it lies instead of
     /// repacking it on every call.
     F32Transposed(Vec<f32>),
+    /// `[panel][input pair][column][2]`, as int8 below: `vdpbf16ps` takes
+    /// the two inputs of a pair side by side.
+    Bf16(Vec<bf16>),
     /// `[panel][input pair][column][2]`: the two inputs of a pair side by
     /// side, as `vpmaddwd` multiplies them. An odd last input pairs with 0.
     /// `scales` is `[panel][group][column]`: one per column and group of
@@ -109,7 +137,7 @@ impl PackedMatrix {
         f32_layout: F32Layout,
     ) -> Self {
         debug_assert_eq!(weight.len(), inputs * outputs);
-        let panels = outputs.div_ceil(PANEL);
+        let panels = stored_panels(outputs);
         let values = match precision {
             WeightPrecision::F32 if f32_layout == F32Layout::Transposed => {
                 let mut transposed = vec![0.0; weight.len()];
@@ -129,6 +157,17 @@ impl PackedMatrix {
                     }
                 }
                 Values::F32(packed)
+            }
+            WeightPrecision::Bf16 => {
+                let pairs = inputs.div_ceil(2);
+                let mut packed = vec![bf16::ZERO; panels * pairs * 2 * PANEL];
+                for (o, row) in weight.chunks_exact(inputs).enumerate() {
+                    let panel = &mut packed[(o / PANEL) * pairs * 2 * PANEL..];
+                    for (i, w) in row.iter().enumerate() {
+                        panel[(i / 2) * 2 * PANEL + (o % PANEL) * 2 + i % 2] = bf16::from_f32(*w);
+                    }
+                }
+                Values::Bf16(packed)
             }
             WeightPrecision::Int8 => {
                 let pairs = inputs.div_ceil(2);
@@ -183,36 +222,8 @@ impl PackedMatrix {
     pub fn precision(&self) -> WeightPrecision {
         match self.values {
             Values::F32(_) | Values::F32Transposed(_) => WeightPrecision::F32,
+            Values::Bf16(_) => WeightPrecision::Bf16,
             Values::Int8 { .. } => WeightPrecision::Int8,
-        }
-    }
-
-    /// Multiplies the weights of `outputs` by `factor`.
-    pub fn scale_outputs(&mut self, outputs: Range<usize>, factor: f32) {
-        match &mut self.values {
-            Values::F32(packed) => {
-                for o in outputs {
-                    let panel = &mut packed[(o / PANEL) * self.inputs * PANEL..];
-                    for i in 0..self.inputs {
-                        panel[i * PANEL + o % PANEL] *= factor;
-                    }
-                }
-            }
-            Values::F32Transposed(transposed) => {
-                for row in transposed.chunks_exact_mut(self.outputs) {
-                    for w in &mut row[outputs.clone()] {
-                        *w *= factor;
-                    }
-                }
-            }
-            Values::Int8 { scales, .. } => {
-                let groups = self.inputs.div_ceil(2).div_ceil(GROUP_PAIRS);
-                for o in outputs {
-                    for group in 0..groups {
-                        scales[((o / PANEL) * groups + group) * PANEL + o % PANEL] *= factor;
-                    }
-                }
-            }
         }
     }
 
@@ -248,19 +259,63 @@ impl PackedMatrix {
             }
             Values::F32(packed) => {
                 let k = self.inputs;
-                self.for_each_task(rows, out, |rows, panels, out| {
-                    for steps in blocks(k, F32_BLOCK) {
-                        for panel in panels.clone() {
-                            let weights = &packed[panel * k * PANEL + steps.start * PANEL..];
+                let panel_stride = k * PANEL;
+                let block = F32_BLOCK / kernel.tile_panels();
+                self.for_each_task(kernel, rows, out, |rows, panels, out| {
+                    for steps in blocks(k, block) {
+                        for panel in panels.clone().step_by(kernel.tile_panels()) {
+                            let weights = &packed[panel * panel_stride + steps.start * PANEL..];
                             for_each_strip(rows.clone(), |strip| {
                                 let a = &input[strip.start * k + steps.start..];
                                 let rows = strip.len();
-                                out.tile(strip, panel, self.outputs, |c, ldc| {
+                                out.tile(kernel, strip, panel, self.outputs, |c, ldc| {
                                     // SAFETY: `a` holds `strip.len()` rows of k
                                     // values from `steps.start`, `weights` the
-                                    // panel's `steps.len()` steps, `c` the tile.
+                                    // tile's panels' `steps.len()` steps, `c`
+                                    // the tile.
                                     unsafe {
-                                        kernel.f32_tile(rows, steps.len(), a, k, weights, c, ldc)
+                                        kernel.f32_tile(
+                                            rows,
+                                            steps.len(),
+                                            a,
+                                            k,
+                                            weights,
+                                            panel_stride,
+                                            c,
+                                            ldc,
+                                        )
+                                    }
+                                });
+                            });
+                        }
+                    }
+                });
+            }
+            Values::Bf16(packed) => {
+                let pairs = self.inputs.div_ceil(2);
+                let panel_stride = pairs * 2 * PANEL;
+                let block = BF16_BLOCK_PAIRS / kernel.tile_panels();
+                let activations = bf16_rows(kernel, input, self.inputs);
+                self.for_each_task(kernel, rows, out, |rows, panels, out| {
+                    for steps in blocks(pairs, block) {
+                        for panel in panels.clone().step_by(kernel.tile_panels()) {
+                            let weights = &packed[panel * panel_stride + steps.start * 2 * PANEL..];
+                            for_each_strip(rows.clone(), |strip| {
+                                let a = &activations[strip.start * 2 * pairs + 2 * steps.start..];
+                                let rows = strip.len();
+                                out.tile(kernel, strip, panel, self.outputs, |c, ldc| {
+                                    // SAFETY: as for f32, in input pairs.
+                                    unsafe {
+                                        kernel.bf16_tile(
+                                            rows,
+                                            steps.len(),
+                                            a,
+                                            2 * pairs,
+                                            weights,
+                                            panel_stride,
+                                            c,
+                                            ldc,
+                                        )
                                     }
                                 });
                             });
@@ -271,20 +326,23 @@ impl PackedMatrix {
             Values::Int8 { values, scales } => {
                 let pairs = self.inputs.div_ceil(2);
                 let groups = pairs.div_ceil(GROUP_PAIRS);
+                let panels = PanelStrides {
+                    weights: pairs * 2 * PANEL,
+                    scales: groups * PANEL,
+                };
                 let (quantised, row_scales) = quantise_rows(input, self.inputs);
-                self.for_each_task(rows, out, |rows, panels, out| {
+                self.for_each_task(kernel, rows, out, |rows, tile_panels, out| {
                     for steps in blocks(pairs, INT8_BLOCK_PAIRS) {
-                        for panel in panels.clone() {
+                        for panel in tile_panels.clone().step_by(kernel.tile_panels()) {
                             let weights =
-                                &values[panel * pairs * 2 * PANEL + steps.start * 2 * PANEL..];
+                                &values[panel * panels.weights + steps.start * 2 * PANEL..];
                             let first_group = panel * groups + steps.start / GROUP_PAIRS;
-                            let last_group = panel * groups + steps.end.div_ceil(GROUP_PAIRS);
-                            let column_scales = &scales[first_group * PANEL..last_group * PANEL];
+                            let column_scales = &scales[first_group * PANEL..];
                             for_each_strip(rows.clone(), |strip| {
                                 let a = &quantised[strip.start * 2 * pairs + 2 * steps.start..];
                                 let row_scales = &row_scales[strip.clone()];
                                 let pairs_in_block = steps.len();
-                                out.tile(strip, panel, self.outputs, |c, ldc| {
+                                out.tile(kernel, strip, panel, self.outputs, |c, ldc| {
                                     // SAFETY: as for f32, in input pairs.
                                     unsafe {
                                         kernel.int8_tile(
@@ -294,6 +352,7 @@ impl PackedMatrix {
                                             weights,
                                             row_scales,
                                             column_scales,
+                                            panels,
                                             c,
                                             ldc,
                                         )
@@ -311,6 +370,7 @@ impl PackedMatrix {
     /// threads when the multiply is big enough to pay for them.
     fn for_each_task(
         &self,
+        kernel: Kernel,
         rows: usize,
         out: &mut [f32],
         task: impl Fn(Range<usize>, Range<usize>, &OutputTiles) + Sync,
@@ -326,7 +386,10 @@ impl PackedMatrix {
                 .clamp(1, panels.max(1)),
             None => 1,
         };
-        let panels_per_chunk = panels.div_ceil(panel_chunks).max(1);
+        // Whole tiles: a chunk starts on a tile's first panel.
+        let panels_per_chunk = panels
+            .div_ceil(panel_chunks)
+            .next_multiple_of(kernel.tile_panels());
         let tiles = OutputTiles {
             out: DisjointWrites::new(out),
             rows,
@@ -425,6 +488,20 @@ pub(crate) unsafe fn multiply(
     }
 }
 
+/// How far apart consecutive panels of int8 weights and of their scales
+/// lie, for the micro-kernels that take two panels at once.
+#[derive(Clone, Copy)]
+struct PanelStrides {
+    weights: usize,
+    scales: usize,
+}
+
+/// Panels stored for `outputs` columns: whole, and an even count, so a
+/// two-panel tile never reads past the weights (the padding is zeros).
+fn stored_panels(outputs: usize) -> usize {
+    outputs.div_ceil(PANEL).next_multiple_of(2)
+}
+
 /// The current pool's thread count, when a multiply of `work` multiply-adds
 /// is worth splitting over it.
 fn threads_for(work: usize) -> Option<usize> {
@@ -500,6 +577,33 @@ fn quantise_rows(input: &[f32], inputs: usize) -> (Vec<i16>, Vec<f32>) {
     (quantised, scales)
 }
 
+/// Each row rounded to bfloat16 (to nearest, ties to even), padded with a
+/// zero input to an even length, as the bf16 micro-kernels read input
+/// pairs.
+fn bf16_rows(kernel: Kernel, input: &[f32], inputs: usize) -> Vec<bf16> {
+    let padded = inputs.div_ceil(2) * 2;
+    let mut rounded = vec![bf16::ZERO; input.len() / inputs * padded];
+    let round = |(row, values): (&mut [bf16], &[f32])| match kernel {
+        // SAFETY: AVX-512 BF16 was detected.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::round_to_bf16(values, &mut row[..inputs]) },
+        // half's scalar loop: small beside the portable tile's multiply.
+        _ => row[..inputs].convert_from_f32_slice(values),
+    };
+    if input.len() < PARALLEL_WORK / 4 {
+        rounded
+            .chunks_mut(padded)
+            .zip(input.chunks(inputs))
+            .for_each(round);
+    } else {
+        rounded
+            .par_chunks_mut(padded)
+            .zip(input.par_chunks(inputs))
+            .for_each(round);
+    }
+    rounded
+}
+
 /// The output matrix, written by many tasks at once, each in its own
 /// (row block × panel range) region.
 struct OutputTiles {
@@ -508,11 +612,13 @@ struct OutputTiles {
 }
 
 impl OutputTiles {
-    /// Runs `kernel` on the output tile of `strip` × `panel`: in place when
-    /// the panel is whole, through a full-width copy when it is the last,
-    /// partial one (the kernel always writes 16 columns).
+    /// Runs `kernel` on the output tile of `strip` × the micro-kernel's
+    /// panels from `panel`: in place when they are whole, through a
+    /// full-width copy at the last, partial one (the kernel always writes
+    /// whole panels).
     fn tile(
         &self,
+        micro_kernel: Kernel,
         strip: Range<usize>,
         panel: usize,
         outputs: usize,
@@ -520,30 +626,31 @@ impl OutputTiles {
     ) {
         debug_assert!(strip.end <= self.rows);
         let first = panel * PANEL;
-        let columns = (outputs - first).min(PANEL);
+        let width = micro_kernel.tile_panels() * PANEL;
+        let columns = (outputs - first).min(width);
         let at = self.out.at(strip.start * outputs + first);
-        if columns == PANEL {
+        if columns == width {
             kernel(at, outputs);
             return;
         }
-        let mut scratch = [0.0f32; STRIP * PANEL];
+        let mut scratch = [0.0f32; STRIP * MAX_TILE_PANELS * PANEL];
         for r in 0..strip.len() {
             // SAFETY: row `strip.start + r` of the output has `columns`
             // values from `first`; this task alone writes them.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     at.add(r * outputs),
-                    scratch[r * PANEL..].as_mut_ptr(),
+                    scratch[r * width..].as_mut_ptr(),
                     columns,
                 )
             };
         }
-        kernel(scratch.as_mut_ptr(), PANEL);
+        kernel(scratch.as_mut_ptr(), width);
         for r in 0..strip.len() {
             // SAFETY: as above.
             unsafe {
                 std::ptr::copy_nonoverlapping(
-                    scratch[r * PANEL..].as_ptr(),
+                    scratch[r * width..].as_ptr(),
                     at.add(r * outputs),
                     columns,
                 )
@@ -560,14 +667,54 @@ pub enum F32Layout {
 }
 
 impl F32Layout {
-    /// Transposed for gemm where the CPU has AVX-512, else panels.
+    /// Panels for pulse's tiles, except on CPUs with AVX-512 that lack the
+    /// extensions pulse's AVX-512 kernels need: there gemm's 512-bit
+    /// kernels outrun the AVX2 tile.
     pub fn for_this_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if std::arch::is_x86_feature_detected!("avx512f") && Kernel::detect() != Kernel::Avx512 {
             return F32Layout::Transposed;
         }
         F32Layout::Panels
     }
+}
+
+/// Whether this CPU runs bf16 weights at full speed (AVX-512 BF16 with the
+/// rest of pulse's AVX-512 kernels); elsewhere they run on a slow portable
+/// tile, fit for tests only.
+pub fn bf16_runs_fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::detect() == Kernel::Avx512 {
+        return true;
+    }
+    false
+}
+
+/// The instruction set of the micro-kernels this CPU runs, for reports.
+pub fn micro_kernels() -> &'static str {
+    match Kernel::detect() {
+        Kernel::Portable => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => "AVX2 and FMA",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => "AVX-512 with VNNI and BF16",
+    }
+}
+
+/// Calls a micro-kernel `module::name::<ROWS>(args)` with the strip's row
+/// count (1 to [`STRIP`]) as its constant.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_rows {
+    ($rows:expr, $module:ident :: $kernel:ident ( $($arg:expr),* $(,)? )) => {
+        match $rows {
+            1 => $module::$kernel::<1>($($arg),*),
+            2 => $module::$kernel::<2>($($arg),*),
+            3 => $module::$kernel::<3>($($arg),*),
+            4 => $module::$kernel::<4>($($arg),*),
+            5 => $module::$kernel::<5>($($arg),*),
+            _ => $module::$kernel::<STRIP>($($arg),*),
+        }
+    };
 }
 
 /// Which micro-kernels this CPU runs.
@@ -576,20 +723,39 @@ enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512 with BW, VNNI and BF16 (Zen 4 and later, Sapphire Rapids
+    /// and later): tiles two panels wide.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return Kernel::Avx2;
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("avx512bf16") {
+                return Kernel::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Kernel::Avx2;
+            }
         }
         Kernel::Portable
     }
 
-    /// `c[r][j] += Σ_s a[r·lda + s] · b[s·PANEL + j]` for r < rows ≤ STRIP,
-    /// s < steps, j < PANEL; `c` rows are `ldc` apart.
+    /// Panels side by side in one register tile.
+    fn tile_panels(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => 2,
+            _ => 1,
+        }
+    }
+
+    /// `c[r][PANEL·q + j] += Σ_s a[r·lda + s] · b[q·panel_stride + s·PANEL + j]`
+    /// for r < rows ≤ STRIP, s < steps, j < PANEL and each of the tile's
+    /// panels q; `c` rows are `ldc` apart.
     ///
     /// # Safety
     /// `a`, `b` and `c` must hold every value so addressed.
@@ -601,31 +767,67 @@ impl Kernel {
         a: &[f32],
         lda: usize,
         b: &[f32],
+        panel_stride: usize,
         c: *mut f32,
         ldc: usize,
     ) {
-        debug_assert!(a.len() >= (rows - 1) * lda + steps && b.len() >= steps * PANEL);
+        debug_assert!(a.len() >= (rows - 1) * lda + steps);
+        debug_assert!(b.len() >= (self.tile_panels() - 1) * panel_stride + steps * PANEL);
+        #[cfg(target_arch = "x86_64")]
+        let (a_at, b_at) = (a.as_ptr(), b.as_ptr());
         match self {
             Kernel::Portable => unsafe { portable::f32_tile(rows, steps, a, lda, b, c, ldc) },
-            // SAFETY: AVX2 and FMA were detected; the bounds are the caller's.
+            // SAFETY: the kernels' features were detected; the bounds are
+            // the caller's.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe {
-                let (a, b) = (a.as_ptr(), b.as_ptr());
-                match rows {
-                    1 => avx2::f32_tile::<1>(steps, a, lda, b, c, ldc),
-                    2 => avx2::f32_tile::<2>(steps, a, lda, b, c, ldc),
-                    3 => avx2::f32_tile::<3>(steps, a, lda, b, c, ldc),
-                    4 => avx2::f32_tile::<4>(steps, a, lda, b, c, ldc),
-                    5 => avx2::f32_tile::<5>(steps, a, lda, b, c, ldc),
-                    _ => avx2::f32_tile::<STRIP>(steps, a, lda, b, c, ldc),
-                }
+                with_rows!(rows, avx2::f32_tile(steps, a_at, lda, b_at, c, ldc))
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                with_rows!(
+                    rows,
+                    avx512::f32_tile(steps, a_at, lda, b_at, panel_stride, c, ldc)
+                )
             },
         }
     }
 
-    /// `c[r][j] += Σ_g row_scales[r] · column_scales[g·PANEL + j] · Σ_{p ∈ g} Σ_t a[r·lda + 2p + t] · b[(p·PANEL + j)·2 + t]`
+    /// As [`Kernel::f32_tile`] over input pairs: `a` and `b` hold bfloat16,
+    /// `b` a pair's two inputs side by side for each column.
+    ///
+    /// # Safety
+    /// As [`Kernel::f32_tile`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn bf16_tile(
+        self,
+        rows: usize,
+        pairs: usize,
+        a: &[bf16],
+        lda: usize,
+        b: &[bf16],
+        panel_stride: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        debug_assert!(a.len() >= (rows - 1) * lda + 2 * pairs);
+        debug_assert!(b.len() >= (self.tile_panels() - 1) * panel_stride + pairs * 2 * PANEL);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                let (a, b) = (a.as_ptr().cast::<u16>(), b.as_ptr().cast::<u16>());
+                with_rows!(
+                    rows,
+                    avx512::bf16_tile(pairs, a, lda, b, panel_stride, c, ldc)
+                )
+            },
+            _ => unsafe { portable::bf16_tile(rows, pairs, a, lda, b, c, ldc) },
+        }
+    }
+
+    /// `c[r][PANEL·q + j] += Σ_g row_scales[r] · column_scales[q·strides.scales + g·PANEL + j] · Σ_{p ∈ g} Σ_t a[r·lda + 2p + t] · b[q·strides.weights + (p·PANEL + j)·2 + t]`
     /// for r < row_scales.len() ≤ STRIP, groups g of GROUP_PAIRS pairs
-    /// p < pairs, t < 2, j < PANEL.
+    /// p < pairs, t < 2, j < PANEL and each of the tile's panels q.
     ///
     /// # Safety
     /// As [`Kernel::f32_tile`].
@@ -638,33 +840,41 @@ impl Kernel {
         b: &[i8],
         row_scales: &[f32],
         column_scales: &[f32],
+        strides: PanelStrides,
         c: *mut f32,
         ldc: usize,
     ) {
         let rows = row_scales.len();
-        debug_assert!(a.len() >= (rows - 1) * lda + 2 * pairs && b.len() >= pairs * 2 * PANEL);
-        debug_assert_eq!(column_scales.len(), pairs.div_ceil(GROUP_PAIRS) * PANEL);
+        let last_panel = (self.tile_panels() - 1) * strides.weights;
+        debug_assert!(a.len() >= (rows - 1) * lda + 2 * pairs);
+        debug_assert!(b.len() >= last_panel + pairs * 2 * PANEL);
+        debug_assert!(
+            column_scales.len()
+                >= (self.tile_panels() - 1) * strides.scales + pairs.div_ceil(GROUP_PAIRS) * PANEL
+        );
+        #[cfg(target_arch = "x86_64")]
+        let (a_at, b_at, s, cs) = (
+            a.as_ptr(),
+            b.as_ptr(),
+            row_scales.as_ptr(),
+            column_scales.as_ptr(),
+        );
         match self {
             Kernel::Portable => unsafe {
                 portable::int8_tile(pairs, a, lda, b, row_scales, column_scales, c, ldc)
             },
-            // SAFETY: AVX2 was detected; the bounds are the caller's.
+            // SAFETY: the kernels' features were detected; the bounds are
+            // the caller's.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe {
-                let (a, b, s, cs) = (
-                    a.as_ptr(),
-                    b.as_ptr(),
-                    row_scales.as_ptr(),
-                    column_scales.as_ptr(),
-                );
-                match rows {
-                    1 => avx2::int8_tile::<1>(pairs, a, lda, b, s, cs, c, ldc),
-                    2 => avx2::int8_tile::<2>(pairs, a, lda, b, s, cs, c, ldc),
-                    3 => avx2::int8_tile::<3>(pairs, a, lda, b, s, cs, c, ldc),
-                    4 => avx2::int8_tile::<4>(pairs, a, lda, b, s, cs, c, ldc),
-                    5 => avx2::int8_tile::<5>(pairs, a, lda, b, s, cs, c, ldc),
-                    _ => avx2::int8_tile::<STRIP>(pairs, a, lda, b, s, cs, c, ldc),
-                }
+                with_rows!(rows, avx2::int8_tile(pairs, a_at, lda, b_at, s, cs, c, ldc))
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                with_rows!(
+                    rows,
+                    avx512::int8_tile(pairs, a_at, lda, b_at, s, cs, strides, c, ldc)
+                )
             },
         }
     }
@@ -672,6 +882,7 @@ impl Kernel {
 
 mod portable {
     use super::{GROUP_PAIRS, PANEL};
+    use half::bf16;
 
     /// # Safety
     /// `c` holds `rows` rows of PANEL values, `ldc` apart.
@@ -691,6 +902,35 @@ mod portable {
             for (s, x) in a[r * lda..r * lda + steps].iter().enumerate() {
                 for (sum, w) in sums.iter_mut().zip(&b[s * PANEL..(s + 1) * PANEL]) {
                     *sum = x.mul_add(*w, *sum);
+                }
+            }
+            // SAFETY: as above.
+            unsafe { std::ptr::copy_nonoverlapping(sums.as_ptr(), c.add(r * ldc), PANEL) };
+        }
+    }
+
+    /// # Safety
+    /// As [`f32_tile`].
+    pub(super) unsafe fn bf16_tile(
+        rows: usize,
+        pairs: usize,
+        a: &[bf16],
+        lda: usize,
+        b: &[bf16],
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        for r in 0..rows {
+            let mut sums = [0.0f32; PANEL];
+            // SAFETY: the caller's promise.
+            unsafe { std::ptr::copy_nonoverlapping(c.add(r * ldc), sums.as_mut_ptr(), PANEL) };
+            let row = &a[r * lda..r * lda + 2 * pairs];
+            for (p, x) in row.chunks_exact(2).enumerate() {
+                let (x0, x1) = (x[0].to_f32(), x[1].to_f32());
+                let weights = &b[p * 2 * PANEL..(p + 1) * 2 * PANEL];
+                for (sum, w) in sums.iter_mut().zip(weights.chunks_exact(2)) {
+                    // Products of two bfloat16 are exact in f32.
+                    *sum += x0 * w[0].to_f32() + x1 * w[1].to_f32();
                 }
             }
             // SAFETY: as above.
@@ -737,13 +977,16 @@ mod portable {
     }
 }
 
+/// How far ahead (in steps of one 64-byte line of a panel's weights) the
+/// micro-kernels prefetch: a short batch reads each weight panel once, from
+/// memory, and the hardware prefetcher stops at page ends. At batch 1, 8–64
+/// measured alike and 0 some 15 % slower (AVX2, Zen 3).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_STEPS: usize = 32;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{GROUP_PAIRS, PANEL};
-
-    /// How far ahead (in steps of one 64-byte line of weights) to prefetch:
-    /// at batch 1, 8–64 measured alike and 0 some 15 % slower.
-    const PREFETCH_STEPS: usize = 32;
+    use super::{GROUP_PAIRS, PANEL, PREFETCH_STEPS};
     use std::arch::x86_64::*;
 
     /// See `Kernel::f32_tile`, with `ROWS` rows.
@@ -767,9 +1010,6 @@ mod avx2 {
                 sum[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
             }
             for s in 0..steps {
-                // A short batch reads each weight panel once, from memory:
-                // fetch a few steps ahead, past the page ends where the
-                // hardware prefetcher stops.
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((s + PREFETCH_STEPS) * PANEL).cast());
                 let w0 = _mm256_loadu_ps(b.add(s * PANEL));
                 let w1 = _mm256_loadu_ps(b.add(s * PANEL + 8));
@@ -843,6 +1083,188 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{GROUP_PAIRS, PANEL, PREFETCH_STEPS, PanelStrides};
+    use half::bf16;
+    use half::slice::HalfFloatSliceExt;
+    use std::arch::x86_64::*;
+
+    /// The tile's rows of two panels' output: loaded, or stored back.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load<const ROWS: usize>(c: *const f32, ldc: usize) -> [[__m512; 2]; ROWS] {
+        // SAFETY: the caller's promise: `c` holds ROWS rows of 2·PANEL.
+        std::array::from_fn(|r| unsafe {
+            [
+                _mm512_loadu_ps(c.add(r * ldc)),
+                _mm512_loadu_ps(c.add(r * ldc + PANEL)),
+            ]
+        })
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store<const ROWS: usize>(sums: &[[__m512; 2]; ROWS], c: *mut f32, ldc: usize) {
+        for (r, sum) in sums.iter().enumerate() {
+            // SAFETY: as for `load`.
+            unsafe {
+                _mm512_storeu_ps(c.add(r * ldc), sum[0]);
+                _mm512_storeu_ps(c.add(r * ldc + PANEL), sum[1]);
+            }
+        }
+    }
+
+    /// See `Kernel::f32_tile`, with `ROWS` rows and two panels.
+    ///
+    /// # Safety
+    /// AVX-512F present; pointers as `Kernel::f32_tile` promises.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn f32_tile<const ROWS: usize>(
+        steps: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        panel_stride: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY: the caller's promise on every pointer below.
+        unsafe {
+            let next = b.add(panel_stride);
+            let mut sums = load::<ROWS>(c, ldc);
+            for s in 0..steps {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((s + PREFETCH_STEPS) * PANEL).cast());
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((s + PREFETCH_STEPS) * PANEL).cast());
+                let w0 = _mm512_loadu_ps(b.add(s * PANEL));
+                let w1 = _mm512_loadu_ps(next.add(s * PANEL));
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * lda + s));
+                    sum[0] = _mm512_fmadd_ps(x, w0, sum[0]);
+                    sum[1] = _mm512_fmadd_ps(x, w1, sum[1]);
+                }
+            }
+            store(&sums, c, ldc);
+        }
+    }
+
+    /// `values` rounded to bfloat16 into `out` (to nearest, ties to even;
+    /// subnormals flush to zero, as `vdpbf16ps` reads them anyway).
+    ///
+    /// # Safety
+    /// AVX-512F and BF16 present; `out` as long as `values`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn round_to_bf16(values: &[f32], out: &mut [bf16]) {
+        debug_assert_eq!(values.len(), out.len());
+        let whole = values.len() / 16 * 16;
+        for start in (0..whole).step_by(16) {
+            // SAFETY: 16 values from `start` in both; __m256bh is the 16
+            // bfloat16 bit patterns.
+            unsafe {
+                let rounded = _mm512_cvtneps_pbh(_mm512_loadu_ps(values.as_ptr().add(start)));
+                _mm256_storeu_si256(
+                    out.as_mut_ptr().add(start).cast(),
+                    std::mem::transmute::<__m256bh, __m256i>(rounded),
+                );
+            }
+        }
+        out[whole..].convert_from_f32_slice(&values[whole..]);
+    }
+
+    /// See `Kernel::bf16_tile`, with `ROWS` rows and two panels; `a` and
+    /// `b` hold bfloat16 bits.
+    ///
+    /// # Safety
+    /// AVX-512F and BF16 present; pointers as `Kernel::bf16_tile` promises.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_tile<const ROWS: usize>(
+        pairs: usize,
+        a: *const u16,
+        lda: usize,
+        b: *const u16,
+        panel_stride: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // A step is one input pair of 16 columns: 64 bytes, one line.
+        let step = 2 * PANEL;
+        // SAFETY: the caller's promise on every pointer below; a __m512bh
+        // is 32 bfloat16 bit patterns, as loaded.
+        unsafe {
+            let next = b.add(panel_stride);
+            let mut sums = load::<ROWS>(c, ldc);
+            for p in 0..pairs {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH_STEPS) * step).cast());
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((p + PREFETCH_STEPS) * step).cast());
+                let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * step).cast()));
+                let w1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(next.add(p * step).cast()));
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    let pair = a.add(r * lda + 2 * p).cast::<i32>().read_unaligned();
+                    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    sum[0] = _mm512_dpbf16_ps(sum[0], x, w0);
+                    sum[1] = _mm512_dpbf16_ps(sum[1], x, w1);
+                }
+            }
+            store(&sums, c, ldc);
+        }
+    }
+
+    /// See `Kernel::int8_tile`, with `ROWS` rows and two panels.
+    ///
+    /// # Safety
+    /// AVX-512F, BW and VNNI present; pointers as `Kernel::int8_tile`
+    /// promises.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn int8_tile<const ROWS: usize>(
+        pairs: usize,
+        a: *const i16,
+        lda: usize,
+        b: *const i8,
+        row_scales: *const f32,
+        column_scales: *const f32,
+        strides: PanelStrides,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // A step is one input pair of 16 columns: 32 bytes, half a line.
+        let step = 2 * PANEL;
+        // SAFETY: the caller's promise on every pointer below.
+        unsafe {
+            let next = b.add(strides.weights);
+            let next_scales = column_scales.add(strides.scales);
+            for (g, first) in (0..pairs).step_by(GROUP_PAIRS).enumerate() {
+                let mut sums = [[_mm512_setzero_si512(); 2]; ROWS];
+                for p in first..(first + GROUP_PAIRS).min(pairs) {
+                    let ahead = (p + 2 * PREFETCH_STEPS) * step;
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(ahead).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(ahead).cast());
+                    let w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(b.add(p * step).cast()));
+                    let w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(next.add(p * step).cast()));
+                    for (r, sum) in sums.iter_mut().enumerate() {
+                        let pair = a.add(r * lda + 2 * p).cast::<i32>().read_unaligned();
+                        let x = _mm512_set1_epi32(pair);
+                        sum[0] = _mm512_dpwssd_epi32(sum[0], x, w0);
+                        sum[1] = _mm512_dpwssd_epi32(sum[1], x, w1);
+                    }
+                }
+                let scales = [
+                    _mm512_loadu_ps(column_scales.add(g * PANEL)),
+                    _mm512_loadu_ps(next_scales.add(g * PANEL)),
+                ];
+                for (r, sum) in sums.iter().enumerate() {
+                    let row_scale = _mm512_set1_ps(*row_scales.add(r));
+                    for (half, (sum, scale)) in sum.iter().zip(scales).enumerate() {
+                        let out = c.add(r * ldc + half * PANEL);
+                        let value = _mm512_cvtepi32_ps(*sum);
+                        let scale = _mm512_mul_ps(scale, row_scale);
+                        _mm512_storeu_ps(out, _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(out)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -876,10 +1298,18 @@ mod tests {
         matrix.multiply_with(kernel, input, out);
     }
 
+    /// Every micro-kernel this CPU can run.
     fn kernels() -> Vec<Kernel> {
         let mut all = vec![Kernel::Portable];
-        if Kernel::detect() != Kernel::Portable {
-            all.push(Kernel::detect());
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                all.push(Kernel::Avx2);
+            }
+            if Kernel::detect() == Kernel::Avx512 {
+                all.push(Kernel::Avx512);
+            }
         }
         all
     }
@@ -970,6 +1400,88 @@ mod tests {
     }
 
     #[test]
+    fn bf16_stays_within_its_rounding_error() {
+        for (rows, inputs, outputs) in SHAPES {
+            let weight = values(inputs * outputs, 10);
+            let input = values(rows * inputs, 11);
+            let initial = values(rows * outputs, 12);
+            let expected = naive(&input, &weight, &initial, inputs, outputs);
+            let matrix = PackedMatrix::new(&weight, inputs, outputs, WeightPrecision::Bf16);
+            let mut results = Vec::new();
+            for kernel in kernels() {
+                let mut out = initial.clone();
+                run_with(kernel, &matrix, &input, &mut out);
+                // Each weight and activation is off by at most 2⁻⁸ of
+                // itself; with uniform values the sum's error grows like
+                // √inputs.
+                let tolerance = (inputs as f32).sqrt() / 128.0;
+                for (i, (x, y)) in out.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (x - y).abs() <= tolerance,
+                        "{kernel:?} {rows}×{inputs}→{outputs} at {i}: {x} vs {y}"
+                    );
+                }
+                results.push(out);
+            }
+            // The products are exact in f32; the kernels differ only in
+            // the order of the sums.
+            for other in &results[1..] {
+                for (x, y) in other.iter().zip(&results[0]) {
+                    let tolerance = 1e-5 * (inputs as f32).sqrt() * 4.0;
+                    assert!((x - y).abs() <= tolerance, "{x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_weights_round_to_nearest_even_in_pairs() {
+        // 1 + 2⁻⁸ lies halfway between two bfloat16: it rounds to even, 1.
+        let weight = [1.0 + 1.0 / 256.0, -2.0, 0.5, 3.0, 0.0, 0.0];
+        let matrix = PackedMatrix::new(&weight, 3, 2, WeightPrecision::Bf16);
+        let Values::Bf16(values) = &matrix.values else {
+            panic!("not bf16");
+        };
+        let at = |i: usize| values[i].to_f32();
+        // Column 0: inputs 0 and 1 side by side, then input 2 paired with 0.
+        assert_eq!([at(0), at(1)], [1.0, -2.0]);
+        assert_eq!([at(2 * PANEL), at(2 * PANEL + 1)], [0.5, 0.0]);
+        // Column 1 starts after column 0's pair.
+        assert_eq!([at(2), at(3)], [3.0, 0.0]);
+        // Two panels are stored even for one column's worth.
+        assert_eq!(values.len(), 2 * 2 * 2 * PANEL);
+    }
+
+    #[test]
+    fn activations_round_to_bf16_alike_on_every_kernel() {
+        let mut input = values(3 * 37, 13);
+        input[5] = f32::NAN;
+        input[40] = 1.0 + 1.0 / 256.0;
+        input[41] = -(1.0 + 3.0 / 256.0);
+        let expected: Vec<u32> = bf16_rows(Kernel::Portable, &input, 37)
+            .iter()
+            .map(|v| u32::from(v.to_bits()))
+            .collect();
+        for kernel in kernels() {
+            let rounded = bf16_rows(kernel, &input, 37);
+            assert_eq!(rounded.len(), 3 * 38);
+            for (i, (x, y)) in rounded.iter().zip(&expected).enumerate() {
+                let x = u32::from(x.to_bits());
+                if i == 5 {
+                    assert!(bf16::from_bits(x as u16).is_nan(), "{kernel:?}");
+                } else {
+                    assert_eq!(x, *y, "{kernel:?} at {i}");
+                }
+            }
+        }
+        assert_eq!(expected[38 + 3], u32::from(bf16::from_f32(1.0).to_bits()));
+        assert_eq!(
+            expected[38 + 4],
+            u32::from(bf16::from_f32(-(1.0 + 4.0 / 256.0)).to_bits())
+        );
+    }
+
+    #[test]
     fn int8_weights_round_to_their_column_scale() {
         let weight = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0];
         let matrix = PackedMatrix::new(&weight, 3, 2, WeightPrecision::Int8);
@@ -982,37 +1494,6 @@ mod tests {
         // Column 0: inputs 0 and 1 side by side, then input 2 paired with 0.
         assert_eq!(&values[0..2], &[64, -127]);
         assert_eq!(&values[2 * PANEL..2 * PANEL + 2], &[32, 0]);
-    }
-
-    #[test]
-    fn scaling_outputs_scales_those_columns_only() {
-        let (inputs, outputs) = (5, 20);
-        let weight = values(inputs * outputs, 7);
-        let input = values(3 * inputs, 8);
-        let layouts = [
-            (WeightPrecision::F32, F32Layout::Panels),
-            (WeightPrecision::F32, F32Layout::Transposed),
-            (WeightPrecision::Int8, F32Layout::Panels),
-        ];
-        for (precision, layout) in layouts {
-            let plain = PackedMatrix::with_layout(&weight, inputs, outputs, precision, layout);
-            let mut scaled = plain.clone();
-            scaled.scale_outputs(2..18, 0.5);
-            let (mut a, mut b) = (vec![0.0; 3 * outputs], vec![0.0; 3 * outputs]);
-            plain.multiply_accumulate(&input, &mut a);
-            scaled.multiply_accumulate(&input, &mut b);
-            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-                let factor = if (2..18).contains(&(i % outputs)) {
-                    0.5
-                } else {
-                    1.0
-                };
-                assert!(
-                    (x * factor - y).abs() <= 1e-6,
-                    "{precision:?} {layout:?} at {i}: {x} vs {y}"
-                );
-            }
-        }
     }
 
     #[test]

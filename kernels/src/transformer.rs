@@ -2,7 +2,7 @@
 //! tokens of every sequence packed into one `tokens × hidden` matrix, f32.
 //!
 //! The dense layers are one matrix multiply over all tokens against weights
-//! packed at load ([`crate::matmul`], f32 or int8), with the bias (and,
+//! packed at load ([`crate::matmul`], f32, bf16 or int8), with the bias (and,
 //! where a residual follows, the residual) written into the output first, so
 //! the multiply accumulates onto it and no separate pass adds them.
 //! Attention runs per sequence and head straight on the packed
@@ -15,7 +15,6 @@ use crate::matmul::{Accumulate, Operand, PackedMatrix, multiply};
 use crate::vector_math;
 use gemm::Parallelism;
 use rayon::prelude::*;
-use std::ops::Range;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TransformerError {
@@ -70,15 +69,6 @@ impl Dense {
 
     pub fn outputs(&self) -> usize {
         self.weight.outputs()
-    }
-
-    /// Multiplies the weights and biases of `outputs` by `factor`: folds
-    /// attention's 1/√head_dim into the query projection once, at load.
-    pub fn scale_outputs(&mut self, outputs: Range<usize>, factor: f32) {
-        for bias in &mut self.bias[outputs.clone()] {
-            *bias *= factor;
-        }
-        self.weight.scale_outputs(outputs, factor);
     }
 
     /// `out = input·Wᵀ + b (+ residual)` for `input` of `rows × inputs`;
@@ -168,9 +158,8 @@ impl LayerNorm {
         }
         rows.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|block| {
             for row in block.chunks_exact_mut(dim) {
-                let mean = row.iter().sum::<f32>() / dim as f32;
-                let variance =
-                    row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+                let mean = vector_math::sum_of(row, |v| v) / dim as f32;
+                let variance = vector_math::sum_of(row, |v| (v - mean) * (v - mean)) / dim as f32;
                 let inverse = 1.0 / (variance + self.eps).sqrt();
                 for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
                     *v = (*v - mean) * inverse * w + b;
@@ -326,17 +315,6 @@ mod tests {
     }
 
     #[test]
-    fn scaled_outputs_scale_weights_and_bias() {
-        for precision in [WeightPrecision::F32, WeightPrecision::Int8] {
-            let mut dense = Dense::new(&[1.0; 6], vec![1.0; 3], 2, 3, precision).unwrap();
-            dense.scale_outputs(0..1, 0.5);
-            let mut out = Vec::new();
-            dense.forward(&[1.0, 1.0], None, &mut out).unwrap();
-            assert_eq!(out, vec![1.5, 3.0, 3.0], "{precision:?}");
-        }
-    }
-
-    #[test]
     fn activations_match_their_definitions() {
         let mut x = vec![-3.0, -0.5, 0.0, 0.7, 2.0];
         Activation::GeluErf.apply_in_place(&mut x);
@@ -395,33 +373,37 @@ mod tests {
 
     #[test]
     fn attention_keeps_sequences_apart() {
-        let (heads, head_dim) = (3, 5);
-        let hidden = heads * head_dim;
-        let lengths = [4, 1, 0, 9];
-        let tokens: usize = lengths.iter().sum();
-        let qkv = values(tokens * 3 * hidden, 7);
-        // A buffer kept from an earlier layer: every value must be written.
-        let mut context = vec![f32::NAN; tokens * hidden];
-        attention(&qkv, &lengths, heads, head_dim, &mut context).unwrap();
-        let mut start = 0;
-        for &len in &lengths {
-            for head in 0..heads {
-                let part = |which: usize| -> Vec<Vec<f32>> {
-                    (start..start + len)
-                        .map(|t| {
-                            let at = t * 3 * hidden + which * hidden + head * head_dim;
-                            qkv[at..at + head_dim].to_vec()
-                        })
-                        .collect()
-                };
-                let expected = naive_attention(&part(0), &part(1), &part(2));
-                for (i, row) in expected.iter().enumerate() {
-                    let at = (start + i) * hidden + head * head_dim;
-                    assert_close(&context[at..at + head_dim], row, 1e-5);
+        // Heads narrower than a panel, and heads and sequences spanning
+        // several panels and strips.
+        let shapes: [(usize, usize, &[usize]); 2] = [(3, 5, &[4, 1, 0, 9]), (2, 20, &[37, 3])];
+        for (heads, head_dim, lengths) in shapes {
+            let hidden = heads * head_dim;
+            let tokens: usize = lengths.iter().sum();
+            let qkv = values(tokens * 3 * hidden, 7);
+            // A buffer kept from an earlier layer: every value must be
+            // written.
+            let mut context = vec![f32::NAN; tokens * hidden];
+            attention(&qkv, lengths, heads, head_dim, &mut context).unwrap();
+            let mut start = 0;
+            for &len in lengths {
+                for head in 0..heads {
+                    let part = |which: usize| -> Vec<Vec<f32>> {
+                        (start..start + len)
+                            .map(|t| {
+                                let at = t * 3 * hidden + which * hidden + head * head_dim;
+                                qkv[at..at + head_dim].to_vec()
+                            })
+                            .collect()
+                    };
+                    let expected = naive_attention(&part(0), &part(1), &part(2));
+                    for (i, row) in expected.iter().enumerate() {
+                        let at = (start + i) * hidden + head * head_dim;
+                        assert_close(&context[at..at + head_dim], row, 1e-5);
+                    }
                 }
+                start += len;
             }
-            start += len;
+            assert!(attention(&qkv[1..], lengths, heads, head_dim, &mut context).is_err());
         }
-        assert!(attention(&qkv[1..], &lengths, heads, head_dim, &mut context).is_err());
     }
 }

@@ -52,16 +52,45 @@ pub(crate) fn erf(x: f32) -> f32 {
     (1.0 - erfc).copysign(x)
 }
 
-/// Applies `f` to every value, compiled for AVX2 where the CPU has it.
+/// The widest vector instructions the loops below are compiled for on this
+/// CPU: each public loop has a twin per width, the same `#[inline(always)]`
+/// body under that `target_feature`, so the closure inlines into it.
+#[derive(Clone, Copy)]
+enum Width {
+    Plain,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Width {
+    #[inline(always)]
+    fn of_this_cpu() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Width::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Width::Avx2;
+            }
+        }
+        Width::Plain
+    }
+}
+
+/// Applies `f` to every value, in the CPU's widest vectors.
 #[inline(always)]
 pub(crate) fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU was just found to support AVX2.
-        unsafe { map_avx2(values, f) };
-        return;
+    match Width::of_this_cpu() {
+        Width::Plain => map(values, f),
+        // SAFETY: the CPU was found to support the twin's instructions.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { map_avx2(values, f) },
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { map_avx512(values, f) },
     }
-    map(values, f);
 }
 
 #[inline(always)]
@@ -75,17 +104,24 @@ fn map_avx2(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     map(values, f);
 }
 
-/// `out[i] = f(input[i])` over the shorter of the two, compiled for AVX2
-/// where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn map_avx512(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+    map(values, f);
+}
+
+/// `out[i] = f(input[i])` over the shorter of the two, in the CPU's widest
+/// vectors.
 #[inline(always)]
 pub(crate) fn map_into<T>(input: &[f32], out: &mut [T], f: impl Fn(f32) -> T + Copy) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU was just found to support AVX2.
-        unsafe { map_into_avx2(input, out, f) };
-        return;
+    match Width::of_this_cpu() {
+        Width::Plain => map_into_lanes(input, out, f),
+        // SAFETY: the CPU was found to support the twin's instructions.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { map_into_avx2(input, out, f) },
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { map_into_avx512(input, out, f) },
     }
-    map_into_lanes(input, out, f);
 }
 
 #[inline(always)]
@@ -99,6 +135,12 @@ fn map_into_avx2<T>(input: &[f32], out: &mut [T], f: impl Fn(f32) -> T + Copy) {
     map_into_lanes(input, out, f);
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn map_into_avx512<T>(input: &[f32], out: &mut [T], f: impl Fn(f32) -> T + Copy) {
+    map_into_lanes(input, out, f);
+}
+
 /// `x` rounded to the nearest integer, ties to even, for |x| < 2²²: adding
 /// 1.5·2²³ leaves no fraction bits, and unlike `f32::round` (a libm call
 /// without SSE4.1) it compiles to two vector additions.
@@ -109,36 +151,80 @@ pub(crate) fn round_small(x: f32) -> f32 {
 }
 
 /// Folds the values with `f` (associative and commutative: the order is
-/// lane by lane), compiled for AVX2 where the CPU has it.
+/// lane by lane), in the CPU's widest vectors.
 #[inline(always)]
 pub(crate) fn reduce(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU was just found to support AVX2.
-        return unsafe { reduce_avx2(values, init, f) };
-    }
-    reduce_lanes(values, init, f)
+    fold(values, init, f, f)
 }
 
-/// Eight running results side by side, so the loop has no chain from one
-/// value to the next and compiles to vector instructions.
+/// Σ f(v) over the values (summed lane by lane), in the CPU's widest
+/// vectors.
 #[inline(always)]
-fn reduce_lanes(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
-    let mut lanes = [init; 8];
+pub(crate) fn sum_of(values: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f32 {
+    fold(values, 0.0, move |sum, v| sum + f(v), |a, b| a + b)
+}
+
+/// `step`s each value into one of sixteen running results, then `combine`s
+/// those: `step(acc, v)` must agree with `combine(acc, step(init, v))`.
+#[inline(always)]
+fn fold(
+    values: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32 + Copy,
+    combine: impl Fn(f32, f32) -> f32 + Copy,
+) -> f32 {
+    match Width::of_this_cpu() {
+        Width::Plain => fold_lanes(values, init, step, combine),
+        // SAFETY: the CPU was found to support the twin's instructions.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { fold_avx2(values, init, step, combine) },
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { fold_avx512(values, init, step, combine) },
+    }
+}
+
+/// Sixteen running results side by side (one AVX-512 register, two AVX2
+/// ones), so the loop has no chain from one value to the next and compiles
+/// to vector instructions.
+#[inline(always)]
+fn fold_lanes(
+    values: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32 + Copy,
+    combine: impl Fn(f32, f32) -> f32 + Copy,
+) -> f32 {
+    let mut lanes = [init; 16];
     let chunks = values.chunks_exact(lanes.len());
     let tail = chunks.remainder();
     for chunk in chunks {
         for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane = f(*lane, *v);
+            *lane = step(*lane, *v);
         }
     }
-    lanes.into_iter().chain(tail.iter().copied()).fold(init, f)
+    let combined = lanes.into_iter().fold(init, combine);
+    tail.iter().fold(combined, |acc, v| step(acc, *v))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn reduce_avx2(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
-    reduce_lanes(values, init, f)
+fn fold_avx2(
+    values: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32 + Copy,
+    combine: impl Fn(f32, f32) -> f32 + Copy,
+) -> f32 {
+    fold_lanes(values, init, step, combine)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fold_avx512(
+    values: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32 + Copy,
+    combine: impl Fn(f32, f32) -> f32 + Copy,
+) -> f32 {
+    fold_lanes(values, init, step, combine)
 }
 
 #[cfg(test)]
@@ -191,6 +277,14 @@ mod tests {
         assert_eq!(reduce(&values, f32::NEG_INFINITY, f32::max), 36.0);
         assert_eq!(reduce(&values[..3], f32::NEG_INFINITY, f32::max), 14.0);
         assert_eq!(reduce(&[], 0.0, |a, b| a + b), 0.0);
+        assert_eq!(
+            sum_of(&values, |v| v * v),
+            (0..37).map(|i| (i * i) as f32).sum::<f32>()
+        );
+        assert_eq!(
+            sum_of(&values[..5], |v| v - 1.0),
+            0.0 + 7.0 + 14.0 + 21.0 + 28.0 - 5.0
+        );
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub enum DTypeSpec {
     Auto,
     F32,
     F16,
+    /// bf16 on CUDA; on the CPU, f32 with the dense layers in bfloat16
+    /// (CPUs with AVX-512 BF16 only).
     BF16,
     /// f32 with the dense layers' weights in int8 (CPU only).
     Int8,
@@ -120,8 +122,8 @@ pub struct Precision {
 impl Precision {
     pub fn name(&self) -> &'static str {
         match self.dense_weights {
-            WeightPrecision::Int8 => "int8",
             WeightPrecision::F32 => self.dtype.as_str(),
+            reduced => reduced.name(),
         }
     }
 }
@@ -150,9 +152,22 @@ impl DTypeSpec {
         let dtype = match (self, device.is_cpu()) {
             (DTypeSpec::Auto, true) | (DTypeSpec::F32, _) => DType::F32,
             (DTypeSpec::Auto, false) | (DTypeSpec::F16, _) => DType::F16,
-            (DTypeSpec::BF16, _) => DType::BF16,
-            // The int8 weights live in pulse-kernels' CPU layer; on a GPU,
-            // f16 and bf16 are the reduced precisions.
+            (DTypeSpec::BF16, false) => DType::BF16,
+            // On the CPU, bf16 and int8 weights live in pulse-kernels' CPU
+            // layer (the rest stays f32); on a GPU, f16 and bf16 are the
+            // reduced precisions.
+            (DTypeSpec::BF16, true) => {
+                if !pulse_kernels::matmul::bf16_runs_fast() {
+                    return Err(ModelError::UnsupportedDType {
+                        dtype: "bf16".into(),
+                        device: "a CPU without AVX-512 BF16 (use int8 there)".into(),
+                    });
+                }
+                return Ok(Precision {
+                    dtype: DType::F32,
+                    dense_weights: WeightPrecision::Bf16,
+                });
+            }
             (DTypeSpec::Int8, true) => {
                 return Ok(Precision {
                     dtype: DType::F32,
@@ -161,8 +176,8 @@ impl DTypeSpec {
             }
             (DTypeSpec::Int8, false) => return Err(unsupported("int8")),
         };
-        // Candle's generic f16/bf16 CPU path is slower than f32, not faster;
-        // int8 weights are the CPU's reduced precision.
+        // Candle's generic f16 CPU path is slower than f32, not faster;
+        // bf16 and int8 weights are the CPU's reduced precisions.
         if device.is_cpu() && dtype != DType::F32 {
             return Err(unsupported(dtype.as_str()));
         }
@@ -204,6 +219,20 @@ mod tests {
             DTypeSpec::F16.select(&device),
             Err(ModelError::UnsupportedDType { .. })
         ));
+        // bf16 runs where the CPU has the instructions for it, and says
+        // what is missing where it has not.
+        match DTypeSpec::BF16.select(&device) {
+            Ok(bf16) => {
+                assert!(pulse_kernels::matmul::bf16_runs_fast());
+                assert_eq!(bf16.dtype, DType::F32);
+                assert_eq!(bf16.dense_weights, WeightPrecision::Bf16);
+                assert_eq!(bf16.name(), "bf16");
+            }
+            Err(err) => {
+                assert!(!pulse_kernels::matmul::bf16_runs_fast());
+                assert!(err.to_string().contains("AVX-512 BF16"), "{err}");
+            }
+        }
         assert_eq!(device_name(&device), "cpu");
     }
 

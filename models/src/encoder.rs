@@ -244,12 +244,13 @@ struct CpuLayer {
 const PADDING_PENALTY: f64 = 10_000.0;
 
 impl NativeEncoder {
-    /// Int8 `dense_weights` need the CPU layer, hence f32 on the CPU.
+    /// Bf16 and int8 `dense_weights` need the CPU layer, hence f32 on the
+    /// CPU.
     fn load(vb: VarBuilder, config: &ModelConfig, dense_weights: WeightPrecision) -> Result<Self> {
         let kernels = vb.device().is_cpu() && vb.dtype() == DType::F32;
         if !kernels && dense_weights != WeightPrecision::F32 {
             return Err(ModelError::UnsupportedDType {
-                dtype: "int8".into(),
+                dtype: dense_weights.name().into(),
                 device: device_name(vb.device()),
             });
         }
@@ -495,22 +496,25 @@ impl EncoderLayer {
         activation: HiddenAct,
         dense_weights: WeightPrecision,
     ) -> Result<CpuLayer> {
-        let dense = |linear| dense_on_host(linear, dense_weights);
-        let mut qkv = dense(&self.qkv)?;
-        let hidden = qkv.inputs();
-        let head_dim = hidden / heads;
-        qkv.scale_outputs(0..hidden, 1.0 / (head_dim as f32).sqrt());
+        let dense = |linear, query_scale| dense_on_host(linear, dense_weights, query_scale);
+        let hidden = self.qkv.weight().dim(1)?;
+        // Attention's 1/√head_dim, folded into the query projection in f32
+        // before the weights are packed (and rounded, in bf16 or int8).
+        let query_scale = QueryScale {
+            outputs: hidden,
+            factor: 1.0 / ((hidden / heads) as f32).sqrt(),
+        };
         Ok(CpuLayer {
-            qkv,
-            attention_out: dense(&self.attention_out)?,
+            qkv: dense(&self.qkv, Some(query_scale))?,
+            attention_out: dense(&self.attention_out, None)?,
             attention_norm: layer_norm_on_host(&self.attention_norm)?,
-            intermediate: dense(&self.intermediate)?,
+            intermediate: dense(&self.intermediate, None)?,
             activation: match activation {
                 HiddenAct::Gelu => Activation::GeluErf,
                 HiddenAct::GeluApproximate => Activation::GeluTanh,
                 HiddenAct::Relu => Activation::Relu,
             },
-            output: dense(&self.output)?,
+            output: dense(&self.output, None)?,
             output_norm: layer_norm_on_host(&self.output_norm)?,
         })
     }
@@ -520,19 +524,33 @@ fn host_values(tensor: &Tensor) -> candle_core::Result<Vec<f32>> {
     tensor.flatten_all()?.to_vec1::<f32>()
 }
 
-fn dense_on_host(linear: &Linear, precision: WeightPrecision) -> Result<Dense> {
+/// The first `outputs` of a layer, to be multiplied by `factor`.
+#[derive(Clone, Copy)]
+struct QueryScale {
+    outputs: usize,
+    factor: f32,
+}
+
+fn dense_on_host(
+    linear: &Linear,
+    precision: WeightPrecision,
+    scale: Option<QueryScale>,
+) -> Result<Dense> {
     let (outputs, inputs) = linear.weight().dims2()?;
-    let bias = match linear.bias() {
+    let mut bias = match linear.bias() {
         Some(bias) => host_values(bias)?,
         None => vec![0.0; outputs],
     };
-    Ok(Dense::new(
-        &host_values(linear.weight())?,
-        bias,
-        inputs,
-        outputs,
-        precision,
-    )?)
+    let mut weight = host_values(linear.weight())?;
+    if let Some(QueryScale { outputs, factor }) = scale {
+        for w in &mut weight[..outputs * inputs] {
+            *w *= factor;
+        }
+        for b in &mut bias[..outputs] {
+            *b *= factor;
+        }
+    }
+    Ok(Dense::new(&weight, bias, inputs, outputs, precision)?)
 }
 
 fn layer_norm_on_host(norm: &LayerNorm) -> Result<kernels::LayerNorm> {
@@ -633,7 +651,6 @@ mod tests {
             NativeEncoder::load_with(vb, &config, cpu_kernels).unwrap()
         };
         let (kernels, ops) = (encoder(Some(WeightPrecision::F32)), encoder(None));
-        let int8 = encoder(Some(WeightPrecision::Int8));
         assert!(matches!(kernels.layers, Layers::Cpu(_)));
         assert!(matches!(ops.layers, Layers::Tensors(_)));
         let ids: [&[u32]; 4] = [
@@ -648,7 +665,10 @@ mod tests {
         let input = batch_input(&sequences, &config, &Device::Cpu).unwrap();
         let states =
             |encoder: &NativeEncoder| encoder.forward(&input).unwrap().to_vec3::<f32>().unwrap();
-        let (a, b, q) = (states(&kernels), states(&ops), states(&int8));
+        let (a, b) = (states(&kernels), states(&ops));
+        // bf16 runs on the portable tile where the CPU lacks AVX-512 BF16.
+        let reduced = [WeightPrecision::Int8, WeightPrecision::Bf16]
+            .map(|precision| (precision, states(&encoder(Some(precision)))));
         for (row, ids) in ids.iter().enumerate() {
             for t in 0..ids.len() {
                 for (x, y) in a[row][t].iter().zip(&b[row][t]) {
@@ -657,15 +677,17 @@ mod tests {
                         "sequence {row}, token {t}: {x} vs {y}"
                     );
                 }
-                // Int8 weights move every state a little, never far.
-                let (f, i) = (&b[row][t], &q[row][t]);
-                let dot: f32 = f.iter().zip(i).map(|(x, y)| x * y).sum();
-                let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                let cosine = dot / (norm(f) * norm(i));
-                assert!(
-                    (0.999..1.0001).contains(&cosine),
-                    "int8, sequence {row}, token {t}: cosine {cosine}"
-                );
+                // Reduced precision moves every state a little, never far.
+                for (precision, q) in &reduced {
+                    let (f, i) = (&b[row][t], &q[row][t]);
+                    let dot: f32 = f.iter().zip(i).map(|(x, y)| x * y).sum();
+                    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    let cosine = dot / (norm(f) * norm(i));
+                    assert!(
+                        (0.999..1.0001).contains(&cosine),
+                        "{precision:?}, sequence {row}, token {t}: cosine {cosine}"
+                    );
+                }
             }
         }
     }

@@ -295,8 +295,9 @@ pub struct EngineArgs {
     /// auto, cpu or cuda[:N].
     #[arg(long, env = "PULSE_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
-    /// auto (f32 on CPU, f16 on CUDA), f32, f16, bf16, or int8 (CPU only:
-    /// the dense layers' weights in int8).
+    /// auto (f32 on CPU, f16 on CUDA), f32, f16, bf16, or int8. On the CPU,
+    /// bf16 and int8 hold the dense layers' weights in that precision (bf16
+    /// needs AVX-512 BF16; int8 runs on any CPU, not on CUDA).
     #[arg(long, env = "PULSE_DTYPE", default_value = "auto")]
     pub dtype: DTypeSpec,
     /// Threads for each model's CPU forward pass [default: all cores].

@@ -23,8 +23,9 @@ struct Cli {
 enum Command {
     /// Embedding throughput on the CPU: short and 256-token texts.
     Embed(embed::EmbedArgs),
-    /// The dense layers' matrix multiplies alone: pulse's f32 tile and int8
-    /// beside the gemm crate, GFLOP/s.
+    /// The dense layers' matrix multiplies alone: pulse's f32 tile, bf16
+    /// (where the CPU has AVX-512 BF16) and int8 beside the gemm crate,
+    /// GFLOP/s.
     Matmul(matmul::MatmulArgs),
     /// Concurrent gRPC clients against `pulse serve`, beside the engine's
     /// offline batched throughput.

@@ -1365,73 +1365,69 @@ mod tests {
         }
     }
 
-    #[test]
-    fn int8_stays_within_its_quantisation_error() {
+    /// `precision` on every shape and micro-kernel: within `tolerance(inputs)`
+    /// of the f64 product, and the kernels within `agreement(inputs, value)`
+    /// of one another.
+    fn check_reduced_precision(
+        precision: WeightPrecision,
+        seed: u32,
+        tolerance: impl Fn(usize) -> f32,
+        agreement: impl Fn(usize, f32) -> f32,
+    ) {
         for (rows, inputs, outputs) in SHAPES {
-            let weight = values(inputs * outputs, 4);
-            let input = values(rows * inputs, 5);
-            let initial = values(rows * outputs, 6);
+            let weight = values(inputs * outputs, seed);
+            let input = values(rows * inputs, seed + 1);
+            let initial = values(rows * outputs, seed + 2);
             let expected = naive(&input, &weight, &initial, inputs, outputs);
-            let matrix = PackedMatrix::new(&weight, inputs, outputs, WeightPrecision::Int8);
+            let matrix = PackedMatrix::new(&weight, inputs, outputs, precision);
             let mut results = Vec::new();
             for kernel in kernels() {
                 let mut out = initial.clone();
                 run_with(kernel, &matrix, &input, &mut out);
-                // Each weight is off by at most half a step (|w|max / 254),
-                // each activation by far less; with uniform values the sum's
-                // error grows like √inputs.
-                let tolerance = (inputs as f32).sqrt() / 254.0 * 2.0;
                 for (i, (x, y)) in out.iter().zip(&expected).enumerate() {
                     assert!(
-                        (x - y).abs() <= tolerance,
-                        "{kernel:?} {rows}×{inputs}→{outputs} at {i}: {x} vs {y}"
+                        (x - y).abs() <= tolerance(inputs),
+                        "{precision:?} {kernel:?} {rows}×{inputs}→{outputs} at {i}: {x} vs {y}"
                     );
                 }
                 results.push(out);
             }
-            // The integer sums are exact, so the micro-kernels differ only in
-            // the order of the last scale and add.
             for other in &results[1..] {
                 for (x, y) in other.iter().zip(&results[0]) {
-                    assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+                    let bound = agreement(inputs, *y);
+                    assert!((x - y).abs() <= bound, "{precision:?}: {x} vs {y}");
                 }
             }
         }
     }
 
     #[test]
+    fn int8_stays_within_its_quantisation_error() {
+        check_reduced_precision(
+            WeightPrecision::Int8,
+            4,
+            // Each weight is off by at most half a step (|w|max / 254),
+            // each activation by far less; with uniform values the sum's
+            // error grows like √inputs.
+            |inputs| (inputs as f32).sqrt() / 254.0 * 2.0,
+            // The integer sums are exact, so the micro-kernels differ only
+            // in the order of the last scale and add.
+            |_, y| 1e-5 * (1.0 + y.abs()),
+        );
+    }
+
+    #[test]
     fn bf16_stays_within_its_rounding_error() {
-        for (rows, inputs, outputs) in SHAPES {
-            let weight = values(inputs * outputs, 10);
-            let input = values(rows * inputs, 11);
-            let initial = values(rows * outputs, 12);
-            let expected = naive(&input, &weight, &initial, inputs, outputs);
-            let matrix = PackedMatrix::new(&weight, inputs, outputs, WeightPrecision::Bf16);
-            let mut results = Vec::new();
-            for kernel in kernels() {
-                let mut out = initial.clone();
-                run_with(kernel, &matrix, &input, &mut out);
-                // Each weight and activation is off by at most 2⁻⁸ of
-                // itself; with uniform values the sum's error grows like
-                // √inputs.
-                let tolerance = (inputs as f32).sqrt() / 128.0;
-                for (i, (x, y)) in out.iter().zip(&expected).enumerate() {
-                    assert!(
-                        (x - y).abs() <= tolerance,
-                        "{kernel:?} {rows}×{inputs}→{outputs} at {i}: {x} vs {y}"
-                    );
-                }
-                results.push(out);
-            }
+        check_reduced_precision(
+            WeightPrecision::Bf16,
+            10,
+            // Each weight and activation is off by at most 2⁻⁸ of itself;
+            // with uniform values the sum's error grows like √inputs.
+            |inputs| (inputs as f32).sqrt() / 128.0,
             // The products are exact in f32; the kernels differ only in
             // the order of the sums.
-            for other in &results[1..] {
-                for (x, y) in other.iter().zip(&results[0]) {
-                    let tolerance = 1e-5 * (inputs as f32).sqrt() * 4.0;
-                    assert!((x - y).abs() <= tolerance, "{x} vs {y}");
-                }
-            }
-        }
+            |inputs, _| 1e-5 * (inputs as f32).sqrt() * 4.0,
+        );
     }
 
     #[test]

@@ -42,18 +42,20 @@ const PANEL: usize = 16;
 const STRIP: usize = 6;
 /// Panels side by side in the widest register tile (AVX-512's).
 const MAX_TILE_PANELS: usize = 2;
-/// Inputs per block in f32: 16 KiB of one panel (AVX2) or 32 KiB of two
-/// (AVX-512), which stay in L1 while every strip of the rows passes.
+/// Inputs per block in f32 for a one-panel tile: 16 KiB of weights, which
+/// stay in L1 while every strip of the rows passes. A two-panel tile takes
+/// half as many, the same 16 KiB.
 const F32_BLOCK: usize = 256;
-/// Input pairs per block in bf16: 16 KiB of one panel, or 32 of two.
+/// Input pairs per block in bf16, likewise: 16 KiB for one panel, halved
+/// for two.
 const BF16_BLOCK_PAIRS: usize = 128;
 /// Input pairs sharing one int8 weight scale per column: a quantisation
 /// group of 64 inputs. On all-MiniLM-L6-v2's fixtures the lowest cosine to
 /// f32 was 0.99878 with groups of 128 and 0.99917 with 64. Each group's sum
 /// is scaled into the output on its own: |sum| ≤ 32 · 2 · 32767 · 127 < 2³¹.
 const GROUP_PAIRS: usize = 32;
-/// Input pairs per block in int8 (a 16 KiB panel slice, as in f32): whole
-/// groups, so the micro-kernel runs long enough to pay for its call.
+/// Input pairs per block in int8 (4 KiB of a panel's weights, 8 of two):
+/// whole groups, so the micro-kernel runs long enough to pay for its call.
 const INT8_BLOCK_PAIRS: usize = 4 * GROUP_PAIRS;
 /// Rows per task: a block of activations that stays in L2 while every panel
 /// of the task streams past it.
@@ -164,7 +166,7 @@ impl PackedMatrix {
                 for (o, row) in weight.chunks_exact(inputs).enumerate() {
                     let panel = &mut packed[(o / PANEL) * pairs * 2 * PANEL..];
                     for (i, w) in row.iter().enumerate() {
-                        panel[(i / 2) * 2 * PANEL + (o % PANEL) * 2 + i % 2] = bf16::from_f32(*w);
+                        panel[pair_slot(i, o % PANEL)] = bf16::from_f32(*w);
                     }
                 }
                 Values::Bf16(packed)
@@ -193,8 +195,7 @@ impl PackedMatrix {
                         let packed = &mut packed[panel * pairs * 2 * PANEL..];
                         for (i, w) in (first..).zip(part) {
                             let q = (w * (INT8_MAX / largest)).round();
-                            packed[(i / 2) * 2 * PANEL + column * 2 + i % 2] =
-                                q.clamp(-INT8_MAX, INT8_MAX) as i8;
+                            packed[pair_slot(i, column)] = q.clamp(-INT8_MAX, INT8_MAX) as i8;
                         }
                     }
                 }
@@ -261,109 +262,128 @@ impl PackedMatrix {
                 let k = self.inputs;
                 let panel_stride = k * PANEL;
                 let block = F32_BLOCK / kernel.tile_panels();
-                self.for_each_task(kernel, rows, out, |rows, panels, out| {
-                    for steps in blocks(k, block) {
-                        for panel in panels.clone().step_by(kernel.tile_panels()) {
-                            let weights = &packed[panel * panel_stride + steps.start * PANEL..];
-                            for_each_strip(rows.clone(), |strip| {
-                                let a = &input[strip.start * k + steps.start..];
-                                let rows = strip.len();
-                                out.tile(kernel, strip, panel, self.outputs, |c, ldc| {
-                                    // SAFETY: `a` holds `strip.len()` rows of k
-                                    // values from `steps.start`, `weights` the
-                                    // tile's panels' `steps.len()` steps, `c`
-                                    // the tile.
-                                    unsafe {
-                                        kernel.f32_tile(
-                                            rows,
-                                            steps.len(),
-                                            a,
-                                            k,
-                                            weights,
-                                            panel_stride,
-                                            c,
-                                            ldc,
-                                        )
-                                    }
-                                });
-                            });
+                self.for_each_tile(
+                    kernel,
+                    rows,
+                    out,
+                    k,
+                    block,
+                    |steps, panel, strip, c, ldc| {
+                        let weights = &packed[panel * panel_stride + steps.start * PANEL..];
+                        let a = &input[strip.start * k + steps.start..];
+                        // SAFETY: `a` holds the strip's rows of k values from
+                        // `steps.start`, `weights` the tile's panels' steps, `c`
+                        // the tile.
+                        unsafe {
+                            kernel.f32_tile(
+                                strip.len(),
+                                steps.len(),
+                                a,
+                                k,
+                                weights,
+                                panel_stride,
+                                c,
+                                ldc,
+                            )
                         }
-                    }
-                });
+                    },
+                );
             }
             Values::Bf16(packed) => {
                 let pairs = self.inputs.div_ceil(2);
                 let panel_stride = pairs * 2 * PANEL;
                 let block = BF16_BLOCK_PAIRS / kernel.tile_panels();
                 let activations = bf16_rows(kernel, input, self.inputs);
-                self.for_each_task(kernel, rows, out, |rows, panels, out| {
-                    for steps in blocks(pairs, block) {
-                        for panel in panels.clone().step_by(kernel.tile_panels()) {
-                            let weights = &packed[panel * panel_stride + steps.start * 2 * PANEL..];
-                            for_each_strip(rows.clone(), |strip| {
-                                let a = &activations[strip.start * 2 * pairs + 2 * steps.start..];
-                                let rows = strip.len();
-                                out.tile(kernel, strip, panel, self.outputs, |c, ldc| {
-                                    // SAFETY: as for f32, in input pairs.
-                                    unsafe {
-                                        kernel.bf16_tile(
-                                            rows,
-                                            steps.len(),
-                                            a,
-                                            2 * pairs,
-                                            weights,
-                                            panel_stride,
-                                            c,
-                                            ldc,
-                                        )
-                                    }
-                                });
-                            });
+                self.for_each_tile(
+                    kernel,
+                    rows,
+                    out,
+                    pairs,
+                    block,
+                    |steps, panel, strip, c, ldc| {
+                        let weights = &packed[panel * panel_stride + steps.start * 2 * PANEL..];
+                        let a = &activations[strip.start * 2 * pairs + 2 * steps.start..];
+                        // SAFETY: as for f32, in input pairs.
+                        unsafe {
+                            kernel.bf16_tile(
+                                strip.len(),
+                                steps.len(),
+                                a,
+                                2 * pairs,
+                                weights,
+                                panel_stride,
+                                c,
+                                ldc,
+                            )
                         }
-                    }
-                });
+                    },
+                );
             }
             Values::Int8 { values, scales } => {
                 let pairs = self.inputs.div_ceil(2);
                 let groups = pairs.div_ceil(GROUP_PAIRS);
-                let panels = PanelStrides {
+                let strides = PanelStrides {
                     weights: pairs * 2 * PANEL,
                     scales: groups * PANEL,
                 };
                 let (quantised, row_scales) = quantise_rows(input, self.inputs);
-                self.for_each_task(kernel, rows, out, |rows, tile_panels, out| {
-                    for steps in blocks(pairs, INT8_BLOCK_PAIRS) {
-                        for panel in tile_panels.clone().step_by(kernel.tile_panels()) {
-                            let weights =
-                                &values[panel * panels.weights + steps.start * 2 * PANEL..];
-                            let first_group = panel * groups + steps.start / GROUP_PAIRS;
-                            let column_scales = &scales[first_group * PANEL..];
-                            for_each_strip(rows.clone(), |strip| {
-                                let a = &quantised[strip.start * 2 * pairs + 2 * steps.start..];
-                                let row_scales = &row_scales[strip.clone()];
-                                let pairs_in_block = steps.len();
-                                out.tile(kernel, strip, panel, self.outputs, |c, ldc| {
-                                    // SAFETY: as for f32, in input pairs.
-                                    unsafe {
-                                        kernel.int8_tile(
-                                            pairs_in_block,
-                                            a,
-                                            2 * pairs,
-                                            weights,
-                                            row_scales,
-                                            column_scales,
-                                            panels,
-                                            c,
-                                            ldc,
-                                        )
-                                    }
-                                });
-                            });
+                let block = INT8_BLOCK_PAIRS;
+                self.for_each_tile(
+                    kernel,
+                    rows,
+                    out,
+                    pairs,
+                    block,
+                    |steps, panel, strip, c, ldc| {
+                        let weights = &values[panel * strides.weights + steps.start * 2 * PANEL..];
+                        let first_group = panel * groups + steps.start / GROUP_PAIRS;
+                        let a = &quantised[strip.start * 2 * pairs + 2 * steps.start..];
+                        // SAFETY: as for f32, in input pairs.
+                        unsafe {
+                            kernel.int8_tile(
+                                steps.len(),
+                                a,
+                                2 * pairs,
+                                weights,
+                                &row_scales[strip],
+                                &scales[first_group * PANEL..],
+                                strides,
+                                c,
+                                ldc,
+                            )
                         }
-                    }
-                });
+                    },
+                );
             }
         }
+    }
+
+    /// Runs `tile(steps, panel, strip, c, ldc)` on every register tile of
+    /// the output (a strip of rows × the micro-kernel's panels from
+    /// `panel`, `c` its first value and `ldc` its row stride) for each
+    /// block of `block` input steps out of `steps`, in the order that keeps
+    /// a block's weights in L1 while the strips of a task's rows pass.
+    #[allow(clippy::too_many_arguments)]
+    fn for_each_tile(
+        &self,
+        kernel: Kernel,
+        rows: usize,
+        out: &mut [f32],
+        steps: usize,
+        block: usize,
+        tile: impl Fn(Range<usize>, usize, Range<usize>, *mut f32, usize) + Sync,
+    ) {
+        self.for_each_task(kernel, rows, out, |rows, panels, out| {
+            for steps in blocks(steps, block) {
+                for panel in panels.clone().step_by(kernel.tile_panels()) {
+                    for_each_strip(rows.clone(), |strip| {
+                        out.tile(kernel, strip.clone(), panel, self.outputs, |c, ldc| {
+                            tile(steps.clone(), panel, strip, c, ldc)
+                        });
+                    });
+                }
+            }
+        });
     }
 
     /// Splits the output into (row block × panel range) tasks, on rayon's
@@ -496,6 +516,12 @@ struct PanelStrides {
     scales: usize,
 }
 
+/// Where weight `input` of `column` lies in a panel stored by input pairs
+/// (`[pair][column][2]`, bf16's and int8's layout).
+fn pair_slot(input: usize, column: usize) -> usize {
+    (input / 2) * 2 * PANEL + column * 2 + input % 2
+}
+
 /// Panels stored for `outputs` columns: whole, and an even count, so a
 /// two-panel tile never reads past the weights (the padding is zeros).
 fn stored_panels(outputs: usize) -> usize {
@@ -542,66 +568,65 @@ fn for_each_strip(rows: Range<usize>, mut visit: impl FnMut(Range<usize>)) {
 /// to an even length; returns the values and each row's scale back to f32
 /// (NaN for a row holding NaN or an infinity).
 fn quantise_rows(input: &[f32], inputs: usize) -> (Vec<i16>, Vec<f32>) {
-    let padded = inputs.div_ceil(2) * 2;
-    let rows = input.len() / inputs;
-    let mut quantised = vec![0i16; rows * padded];
-    let mut scales = vec![0.0f32; rows];
-    let quantise = |((q, scale), row): ((&mut [i16], &mut f32), &[f32])| {
+    convert_rows(input, inputs, 0, |row, quantised| {
         let largest = largest_magnitude(row);
         if !largest.is_finite() {
             // The row's outputs become NaN, as they would in f32.
-            *scale = f32::NAN;
-            return;
+            return f32::NAN;
         }
         if largest == 0.0 {
-            return;
+            return 0.0;
         }
-        *scale = largest / ACTIVATION_MAX;
         let factor = ACTIVATION_MAX / largest;
-        vector_math::map_into(row, q, |v| vector_math::round_small(v * factor) as i16);
-    };
-    // Rayon's hand-off costs more than a short batch's few rows take.
-    if input.len() < PARALLEL_WORK / 4 {
-        quantised
-            .chunks_mut(padded)
-            .zip(scales.iter_mut())
-            .zip(input.chunks(inputs))
-            .for_each(quantise);
-    } else {
-        quantised
-            .par_chunks_mut(padded)
-            .zip(scales.par_iter_mut())
-            .zip(input.par_chunks(inputs))
-            .for_each(quantise);
-    }
-    (quantised, scales)
+        vector_math::map_into(row, quantised, |v| {
+            vector_math::round_small(v * factor) as i16
+        });
+        largest / ACTIVATION_MAX
+    })
 }
 
 /// Each row rounded to bfloat16 (to nearest, ties to even), padded with a
 /// zero input to an even length, as the bf16 micro-kernels read input
 /// pairs.
 fn bf16_rows(kernel: Kernel, input: &[f32], inputs: usize) -> Vec<bf16> {
-    let padded = inputs.div_ceil(2) * 2;
-    let mut rounded = vec![bf16::ZERO; input.len() / inputs * padded];
-    let round = |(row, values): (&mut [bf16], &[f32])| match kernel {
+    let (rounded, _) = convert_rows(input, inputs, bf16::ZERO, |row, rounded| match kernel {
         // SAFETY: AVX-512 BF16 was detected.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx512::round_to_bf16(values, &mut row[..inputs]) },
+        Kernel::Avx512 => unsafe { avx512::round_to_bf16(row, rounded) },
         // half's scalar loop: small beside the portable tile's multiply.
-        _ => row[..inputs].convert_from_f32_slice(values),
-    };
-    if input.len() < PARALLEL_WORK / 4 {
-        rounded
+        _ => rounded.convert_from_f32_slice(row),
+    });
+    rounded
+}
+
+/// Converts each row of `input` (`inputs` values) into the first `inputs`
+/// of a row of `T` padded with `zero` to an even length, the input pairs
+/// the bf16 and int8 micro-kernels read; returns the rows and what each
+/// conversion returned. Across rayon's threads only for a big input:
+/// rayon's hand-off costs more than a short batch's few rows take.
+fn convert_rows<T: Copy + Send + Sync, R: Send>(
+    input: &[f32],
+    inputs: usize,
+    zero: T,
+    convert: impl Fn(&[f32], &mut [T]) -> R + Sync,
+) -> (Vec<T>, Vec<R>) {
+    let padded = inputs.div_ceil(2) * 2;
+    let mut converted = vec![zero; input.len() / inputs * padded];
+    let row = |(out, row): (&mut [T], &[f32])| convert(row, &mut out[..inputs]);
+    let results = if input.len() < PARALLEL_WORK / 4 {
+        converted
             .chunks_mut(padded)
             .zip(input.chunks(inputs))
-            .for_each(round);
+            .map(row)
+            .collect()
     } else {
-        rounded
+        converted
             .par_chunks_mut(padded)
             .zip(input.par_chunks(inputs))
-            .for_each(round);
-    }
-    rounded
+            .map(row)
+            .collect()
+    };
+    (converted, results)
 }
 
 /// The output matrix, written by many tasks at once, each in its own
@@ -612,25 +637,25 @@ struct OutputTiles {
 }
 
 impl OutputTiles {
-    /// Runs `kernel` on the output tile of `strip` × the micro-kernel's
-    /// panels from `panel`: in place when they are whole, through a
-    /// full-width copy at the last, partial one (the kernel always writes
-    /// whole panels).
+    /// Runs `run(c, ldc)` on the output tile of `strip` × `kernel`'s panels
+    /// from `panel`: in place when they are whole, through a full-width copy
+    /// at the last, partial one (the micro-kernels always write whole
+    /// panels).
     fn tile(
         &self,
-        micro_kernel: Kernel,
+        kernel: Kernel,
         strip: Range<usize>,
         panel: usize,
         outputs: usize,
-        kernel: impl FnOnce(*mut f32, usize),
+        run: impl FnOnce(*mut f32, usize),
     ) {
         debug_assert!(strip.end <= self.rows);
         let first = panel * PANEL;
-        let width = micro_kernel.tile_panels() * PANEL;
+        let width = kernel.tile_panels() * PANEL;
         let columns = (outputs - first).min(width);
         let at = self.out.at(strip.start * outputs + first);
         if columns == width {
-            kernel(at, outputs);
+            run(at, outputs);
             return;
         }
         let mut scratch = [0.0f32; STRIP * MAX_TILE_PANELS * PANEL];
@@ -645,7 +670,7 @@ impl OutputTiles {
                 )
             };
         }
-        kernel(scratch.as_mut_ptr(), width);
+        run(scratch.as_mut_ptr(), width);
         for r in 0..strip.len() {
             // SAFETY: as above.
             unsafe {
@@ -1253,8 +1278,8 @@ mod avx512 {
                 ];
                 for (r, sum) in sums.iter().enumerate() {
                     let row_scale = _mm512_set1_ps(*row_scales.add(r));
-                    for (half, (sum, scale)) in sum.iter().zip(scales).enumerate() {
-                        let out = c.add(r * ldc + half * PANEL);
+                    for (panel, (sum, scale)) in sum.iter().zip(scales).enumerate() {
+                        let out = c.add(r * ldc + panel * PANEL);
                         let value = _mm512_cvtepi32_ps(*sum);
                         let scale = _mm512_mul_ps(scale, row_scale);
                         _mm512_storeu_ps(out, _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(out)));

@@ -231,15 +231,31 @@ impl PackedMatrix {
     /// `out += input · Wᵀ`, `input` being `rows × inputs` and `out`
     /// `rows × outputs`, both row-major; the caller has checked the shapes.
     pub fn multiply_accumulate(&self, input: &[f32], out: &mut [f32]) {
-        debug_assert!(self.inputs > 0 && input.len().is_multiple_of(self.inputs));
-        self.multiply_with(Kernel::detect(), input, out);
+        self.multiply(input, out, &KeepOutput);
     }
 
-    fn multiply_with(&self, kernel: Kernel, input: &[f32], out: &mut [f32]) {
+    /// `out = finish(start + input · Wᵀ)`, with `around` setting each
+    /// output row's start and mapping its sums ([`OutputRows`]); shapes as
+    /// for [`PackedMatrix::multiply_accumulate`].
+    pub fn multiply(&self, input: &[f32], out: &mut [f32], around: &impl OutputRows) {
+        debug_assert!(self.inputs > 0 && input.len().is_multiple_of(self.inputs));
+        self.multiply_with(Kernel::detect(), input, out, around);
+    }
+
+    fn multiply_with(
+        &self,
+        kernel: Kernel,
+        input: &[f32],
+        out: &mut [f32],
+        around: &impl OutputRows,
+    ) {
         let rows = input.len() / self.inputs;
         debug_assert_eq!(out.len(), rows * self.outputs);
         match &self.values {
             Values::F32Transposed(transposed) => {
+                each_row_in_parallel(out, self.outputs, |row, values| {
+                    around.start(row, 0, values)
+                });
                 let parallelism = match threads_for(rows * self.outputs * self.inputs) {
                     Some(threads) => Parallelism::Rayon(threads),
                     None => Parallelism::None,
@@ -257,6 +273,7 @@ impl PackedMatrix {
                         parallelism,
                     );
                 }
+                each_row_in_parallel(out, self.outputs, |_, values| around.finish(values));
             }
             Values::F32(packed) => {
                 let k = self.inputs;
@@ -266,6 +283,7 @@ impl PackedMatrix {
                     kernel,
                     rows,
                     out,
+                    around,
                     k,
                     block,
                     |steps, panel, strip, c, ldc| {
@@ -298,6 +316,7 @@ impl PackedMatrix {
                     kernel,
                     rows,
                     out,
+                    around,
                     pairs,
                     block,
                     |steps, panel, strip, c, ldc| {
@@ -332,6 +351,7 @@ impl PackedMatrix {
                     kernel,
                     rows,
                     out,
+                    around,
                     pairs,
                     block,
                     |steps, panel, strip, c, ldc| {
@@ -363,17 +383,27 @@ impl PackedMatrix {
     /// `panel`, `c` its first value and `ldc` its row stride) for each
     /// block of `block` input steps out of `steps`, in the order that keeps
     /// a block's weights in L1 while the strips of a task's rows pass.
+    /// `around` starts each task's rows before and finishes them after, while
+    /// they are in the task's cache.
     #[allow(clippy::too_many_arguments)]
     fn for_each_tile(
         &self,
         kernel: Kernel,
         rows: usize,
         out: &mut [f32],
+        around: &impl OutputRows,
         steps: usize,
         block: usize,
         tile: impl Fn(Range<usize>, usize, Range<usize>, *mut f32, usize) + Sync,
     ) {
         self.for_each_task(kernel, rows, out, |rows, panels, out| {
+            let columns = panels.start * PANEL..(panels.end * PANEL).min(self.outputs);
+            out.each_row(
+                rows.clone(),
+                columns.clone(),
+                self.outputs,
+                |row, values| around.start(row, columns.start, values),
+            );
             for steps in blocks(steps, block) {
                 for panel in panels.clone().step_by(kernel.tile_panels()) {
                     for_each_strip(rows.clone(), |strip| {
@@ -383,6 +413,9 @@ impl PackedMatrix {
                     });
                 }
             }
+            out.each_row(rows, columns, self.outputs, |_, values| {
+                around.finish(values)
+            });
         });
     }
 
@@ -429,6 +462,50 @@ impl PackedMatrix {
             (0..tasks).for_each(run);
         }
     }
+}
+
+/// What a multiply does to each output row around its sums, on the thread
+/// that computes the row's block while the block is in that core's cache:
+/// no separate pass over the whole output before or after.
+pub trait OutputRows: Sync {
+    /// Writes the values the products of `row` are added onto, in its
+    /// columns from `first_column` on (`values` holds as many as the block
+    /// spans).
+    fn start(&self, row: usize, first_column: usize, values: &mut [f32]);
+
+    /// Maps the finished sums of a block of one row.
+    fn finish(&self, values: &mut [f32]);
+}
+
+/// Adds the products onto what the output holds.
+struct KeepOutput;
+
+impl OutputRows for KeepOutput {
+    fn start(&self, _: usize, _: usize, _: &mut [f32]) {}
+
+    fn finish(&self, _: &mut [f32]) {}
+}
+
+/// Runs `visit(row, values)` on every row of `out` (rows of `outputs`), in
+/// parallel blocks of rows.
+pub(crate) fn each_row_in_parallel(
+    out: &mut [f32],
+    outputs: usize,
+    visit: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    // Enough work to pay for a task, few enough rows to spread a short batch
+    // over the threads.
+    const ROWS_PER_TASK: usize = 16;
+    if outputs == 0 {
+        return;
+    }
+    out.par_chunks_mut(outputs * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            for (r, values) in rows.chunks_exact_mut(outputs).enumerate() {
+                visit(block * ROWS_PER_TASK + r, values);
+            }
+        });
 }
 
 /// A matrix operand for gemm: where its first value is and how far apart
@@ -637,6 +714,30 @@ struct OutputTiles {
 }
 
 impl OutputTiles {
+    /// Runs `visit(row, values)` on `columns` of each of `rows` (the output
+    /// being rows of `outputs`): a region that only the calling task
+    /// touches.
+    fn each_row(
+        &self,
+        rows: Range<usize>,
+        columns: Range<usize>,
+        outputs: usize,
+        mut visit: impl FnMut(usize, &mut [f32]),
+    ) {
+        debug_assert!(rows.end <= self.rows && columns.end <= outputs);
+        for row in rows {
+            // SAFETY: the row's columns lie inside the output, and this task
+            // alone reads or writes them while it runs (see `for_each_task`).
+            let values = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.out.at(row * outputs + columns.start),
+                    columns.len(),
+                )
+            };
+            visit(row, values);
+        }
+    }
+
     /// Runs `run(c, ldc)` on the output tile of `strip` × `kernel`'s panels
     /// from `panel`: in place when they are whole, through a full-width copy
     /// at the last, partial one (the micro-kernels always write whole
@@ -1320,7 +1421,7 @@ mod tests {
     /// The same driver with the micro-kernel forced: each must agree with
     /// the reference on every shape.
     fn run_with(kernel: Kernel, matrix: &PackedMatrix, input: &[f32], out: &mut [f32]) {
-        matrix.multiply_with(kernel, input, out);
+        matrix.multiply_with(kernel, input, out, &KeepOutput);
     }
 
     /// Every micro-kernel this CPU can run.
@@ -1349,6 +1450,67 @@ mod tests {
         (5, 600, 31),
         (150, 64, 96),
     ];
+
+    /// Starts each row at a value naming its place, and finishes it by
+    /// an affine map that a second run would show.
+    struct Marked {
+        outputs: usize,
+    }
+
+    impl Marked {
+        fn start_value(&self, at: usize) -> f32 {
+            (at % 97) as f32 * 0.01
+        }
+    }
+
+    impl OutputRows for Marked {
+        fn start(&self, row: usize, first_column: usize, values: &mut [f32]) {
+            for (j, v) in values.iter_mut().enumerate() {
+                *v = self.start_value(row * self.outputs + first_column + j);
+            }
+        }
+
+        fn finish(&self, values: &mut [f32]) {
+            values.iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
+        }
+    }
+
+    #[test]
+    fn output_rows_start_and_finish_every_block_once() {
+        // Includes multiplies split into tasks by rows and by panels.
+        for (rows, inputs, outputs) in SHAPES {
+            let weight = values(inputs * outputs, 1);
+            let input = values(rows * inputs, 2);
+            let marked = Marked { outputs };
+            let start: Vec<f32> = (0..rows * outputs)
+                .map(|at| marked.start_value(at))
+                .collect();
+            let expected: Vec<f32> = naive(&input, &weight, &start, inputs, outputs)
+                .iter()
+                .map(|v| 2.0 * v - 1.0)
+                .collect();
+            for layout in [F32Layout::Panels, F32Layout::Transposed] {
+                let matrix = PackedMatrix::with_layout(
+                    &weight,
+                    inputs,
+                    outputs,
+                    WeightPrecision::F32,
+                    layout,
+                );
+                for kernel in kernels() {
+                    let mut out = vec![f32::NAN; rows * outputs];
+                    matrix.multiply_with(kernel, &input, &mut out, &marked);
+                    for (i, (x, y)) in out.iter().zip(&expected).enumerate() {
+                        let tolerance = 8e-5 * (inputs as f32).sqrt();
+                        assert!(
+                            (x - y).abs() <= tolerance,
+                            "{layout:?} {kernel:?} {rows}×{inputs}→{outputs} at {i}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn f32_matches_a_plain_product_on_odd_shapes() {

@@ -11,7 +11,9 @@
 
 use crate::disjoint::DisjointWrites;
 pub use crate::matmul::WeightPrecision;
-use crate::matmul::{Accumulate, Operand, PackedMatrix, multiply};
+use crate::matmul::{
+    Accumulate, Operand, OutputRows, PackedMatrix, each_row_in_parallel, multiply,
+};
 use crate::vector_math;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -33,10 +35,6 @@ fn expect_len(what: &str, len: usize, expected: usize) -> Result<()> {
         )))
     }
 }
-
-/// Rows handed to one task by the row-wise passes: enough work to pay for
-/// the task, small enough to spread a short batch over the threads.
-const ROWS_PER_TASK: usize = 16;
 
 /// A linear layer `y = x·Wᵀ + b`.
 #[derive(Debug, Clone)]
@@ -79,6 +77,27 @@ impl Dense {
         residual: Option<&[f32]>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        self.run(input, residual, None, out)
+    }
+
+    /// `out = activation(input·Wᵀ + b)`, each block of rows activated as
+    /// soon as its sums are done, while it is still in cache.
+    pub fn forward_activated(
+        &self,
+        input: &[f32],
+        activation: Activation,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.run(input, None, Some(activation), out)
+    }
+
+    fn run(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        activation: Option<Activation>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let (inputs, outputs) = (self.inputs(), self.outputs());
         if inputs == 0 || !input.len().is_multiple_of(inputs) {
             return Err(TransformerError::Shape(format!(
@@ -87,22 +106,64 @@ impl Dense {
             )));
         }
         let rows = input.len() / inputs;
-        out.clear();
-        match residual {
-            Some(residual) => {
-                expect_len("residual", residual.len(), rows * outputs)?;
-                for row in residual.chunks_exact(outputs) {
-                    out.extend(row.iter().zip(&self.bias).map(|(r, b)| r + b));
-                }
-            }
-            None => {
-                for _ in 0..rows {
-                    out.extend_from_slice(&self.bias);
-                }
-            }
+        if let Some(residual) = residual {
+            expect_len("residual", residual.len(), rows * outputs)?;
         }
-        self.weight.multiply_accumulate(input, out);
+        resize_for_overwrite(out, rows * outputs);
+        let around = BiasThen {
+            bias: &self.bias,
+            residual,
+            activation,
+        };
+        self.weight.multiply(input, out, &around);
         Ok(())
+    }
+}
+
+/// Sizes `out` to `len` values that are all about to be overwritten: a
+/// buffer kept from an earlier layer is not filled again, and a new one
+/// comes zeroed from the allocator, its pages first touched by the threads
+/// that write them.
+fn resize_for_overwrite(out: &mut Vec<f32>, len: usize) {
+    if out.len() == len {
+        return;
+    }
+    if out.capacity() < len {
+        *out = vec![0.0; len];
+    } else {
+        out.truncate(len);
+        out.resize(len, 0.0);
+    }
+}
+
+/// A dense layer's output rows: the bias (plus the residual) under the
+/// sums, the activation over them.
+struct BiasThen<'a> {
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
+    activation: Option<Activation>,
+}
+
+impl OutputRows for BiasThen<'_> {
+    fn start(&self, row: usize, first_column: usize, values: &mut [f32]) {
+        let columns = first_column..first_column + values.len();
+        let bias = &self.bias[columns.clone()];
+        match self.residual {
+            Some(residual) => {
+                let outputs = self.bias.len();
+                let residual = &residual[row * outputs..][columns];
+                for ((v, r), b) in values.iter_mut().zip(residual).zip(bias) {
+                    *v = r + b;
+                }
+            }
+            None => values.copy_from_slice(bias),
+        }
+    }
+
+    fn finish(&self, values: &mut [f32]) {
+        if let Some(activation) = self.activation {
+            activation.apply(values);
+        }
     }
 }
 
@@ -117,19 +178,17 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Applies the activation to every value, in parallel blocks.
-    pub fn apply_in_place(self, values: &mut [f32]) {
-        values.par_chunks_mut(4096).for_each(|block| match self {
-            Activation::GeluErf => vector_math::map_in_place(block, |x| {
-                0.5 * x * (1.0 + vector_math::erf(x * std::f32::consts::FRAC_1_SQRT_2))
-            }),
-            Activation::GeluTanh => block.iter_mut().for_each(|x| {
+    /// Applies the activation to every value.
+    pub fn apply(self, values: &mut [f32]) {
+        match self {
+            Activation::GeluErf => vector_math::gelu_erf_in_place(values),
+            Activation::GeluTanh => values.iter_mut().for_each(|x| {
                 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
                 let v = *x;
                 *x = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh());
             }),
-            Activation::Relu => vector_math::map_in_place(block, |x| x.max(0.0)),
-        });
+            Activation::Relu => vector_math::map_in_place(values, |x| x.max(0.0)),
+        }
     }
 }
 
@@ -156,14 +215,12 @@ impl LayerNorm {
                 rows.len()
             )));
         }
-        rows.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|block| {
-            for row in block.chunks_exact_mut(dim) {
-                let mean = vector_math::sum_of(row, |v| v) / dim as f32;
-                let variance = vector_math::sum_of(row, |v| (v - mean) * (v - mean)) / dim as f32;
-                let inverse = 1.0 / (variance + self.eps).sqrt();
-                for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
-                    *v = (*v - mean) * inverse * w + b;
-                }
+        each_row_in_parallel(rows, dim, |_, row| {
+            let mean = vector_math::sum_of(row, |v| v) / dim as f32;
+            let variance = vector_math::sum_of(row, |v| (v - mean) * (v - mean)) / dim as f32;
+            let inverse = 1.0 / (variance + self.eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *v = (*v - mean) * inverse * w + b;
             }
         });
         Ok(())
@@ -259,8 +316,7 @@ pub fn attention(
 
 fn softmax_in_place(row: &mut [f32]) {
     let max = vector_math::reduce(row, f32::NEG_INFINITY, |a, b| if a > b { a } else { b });
-    vector_math::map_in_place(row, move |v| vector_math::exp(v - max));
-    let inverse = 1.0 / vector_math::reduce(row, 0.0, |a, b| a + b);
+    let inverse = 1.0 / vector_math::exp_shifted_in_place(row, max);
     vector_math::map_in_place(row, move |v| v * inverse);
 }
 
@@ -306,6 +362,27 @@ mod tests {
     }
 
     #[test]
+    fn dense_activates_what_it_computes() {
+        // Big enough to run in parallel tasks.
+        let (inputs, outputs, rows) = (96, 200, 150);
+        let weight = values(inputs * outputs, 5);
+        let bias = values(outputs, 6);
+        let input = values(rows * inputs, 7);
+        let dense = Dense::new(&weight, bias, inputs, outputs, WeightPrecision::F32).unwrap();
+        for activation in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+            let mut expected = Vec::new();
+            dense.forward(&input, None, &mut expected).unwrap();
+            activation.apply(&mut expected);
+            // A buffer of another size, as a previous layer leaves it.
+            let mut out = vec![f32::NAN; 7];
+            dense
+                .forward_activated(&input, activation, &mut out)
+                .unwrap();
+            assert_eq!(out, expected, "{activation:?}");
+        }
+    }
+
+    #[test]
     fn dense_rejects_ragged_input() {
         let dense = Dense::new(&[0.0; 6], vec![0.0; 2], 3, 2, WeightPrecision::F32).unwrap();
         let mut out = Vec::new();
@@ -317,7 +394,7 @@ mod tests {
     #[test]
     fn activations_match_their_definitions() {
         let mut x = vec![-3.0, -0.5, 0.0, 0.7, 2.0];
-        Activation::GeluErf.apply_in_place(&mut x);
+        Activation::GeluErf.apply(&mut x);
         // GELU(x) = x·Φ(x), Φ from the error function in f64.
         let expected: Vec<f32> = [-3.0f64, -0.5, 0.0, 0.7, 2.0]
             .iter()
@@ -325,10 +402,10 @@ mod tests {
             .collect();
         assert_close(&x, &expected, 5e-7);
         let mut y = vec![-1.0, 1.0];
-        Activation::GeluTanh.apply_in_place(&mut y);
+        Activation::GeluTanh.apply(&mut y);
         assert_close(&y, &[-0.158_808, 0.841_192], 1e-5);
         let mut z = vec![-1.0, 2.0];
-        Activation::Relu.apply_in_place(&mut z);
+        Activation::Relu.apply(&mut z);
         assert_eq!(z, vec![0.0, 2.0]);
     }
 

@@ -373,8 +373,7 @@ impl NativeEncoder {
             layer.attention_norm.apply_in_place(&mut attended)?;
             layer
                 .intermediate
-                .forward(&attended, None, &mut intermediate)?;
-            layer.activation.apply_in_place(&mut intermediate);
+                .forward_activated(&attended, layer.activation, &mut intermediate)?;
             layer
                 .output
                 .forward(&intermediate, Some(&attended), &mut hidden)?;

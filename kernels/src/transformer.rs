@@ -2,12 +2,12 @@
 //! tokens of every sequence packed into one `tokens × hidden` matrix, f32.
 //!
 //! The dense layers are one matrix multiply over all tokens against weights
-//! packed at load ([`crate::matmul`], f32, bf16 or int8), with the bias (and,
-//! where a residual follows, the residual) written into the output first, so
-//! the multiply accumulates onto it and no separate pass adds them.
-//! Attention runs per sequence and head straight on the packed
-//! query/key/value matrix (block-diagonal: no padding, no gather). Layer norm
-//! and the activation run in place over rows.
+//! packed at load ([`crate::matmul`], f32, bf16 or int8). Each multiply task
+//! writes the bias (and, where a residual follows, the residual) under its
+//! rows before it sums into them, and applies the activation to them after,
+//! so neither costs a pass of its own. Attention runs per sequence and head
+//! straight on the packed query/key/value matrix (block-diagonal: no
+//! padding, no gather). Layer norm runs in place over rows.
 
 use crate::disjoint::DisjointWrites;
 pub use crate::matmul::WeightPrecision;

@@ -429,8 +429,14 @@ impl PackedMatrix {
         task: impl Fn(Range<usize>, Range<usize>, &OutputTiles) + Sync,
     ) {
         let panels = self.outputs.div_ceil(PANEL);
-        let row_blocks = rows.div_ceil(ROW_BLOCK);
         let threads = threads_for(rows * self.outputs * self.inputs);
+        // Where there are blocks enough, as many on every thread, the rows
+        // shared out evenly: 57 blocks of up to 72 rows on 2 threads would
+        // leave one thread a whole block's work alone at the end.
+        let row_blocks = match (rows.div_ceil(ROW_BLOCK), threads) {
+            (blocks, Some(threads)) if blocks >= threads => blocks.next_multiple_of(threads),
+            (blocks, _) => blocks,
+        };
         // A short batch has too few row blocks to feed every thread; its
         // panels are split as well.
         let panel_chunks = match threads {
@@ -449,9 +455,9 @@ impl PackedMatrix {
         };
         let run = |t: usize| {
             let (block, chunk) = (t / panel_chunks, t % panel_chunks);
-            let rows = block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(rows);
+            let rows = block * rows / row_blocks..(block + 1) * rows / row_blocks;
             let panels = chunk * panels_per_chunk..((chunk + 1) * panels_per_chunk).min(panels);
-            if !panels.is_empty() {
+            if !panels.is_empty() && !rows.is_empty() {
                 task(rows, panels, &tiles);
             }
         };

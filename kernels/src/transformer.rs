@@ -121,9 +121,9 @@ impl Dense {
 }
 
 /// Sizes `out` to `len` values that are all about to be overwritten: a
-/// buffer kept from an earlier layer is not filled again, and a new one
-/// comes zeroed from the allocator, its pages first touched by the threads
-/// that write them.
+/// buffer kept from an earlier layer or pass is not filled again, and a new
+/// one comes zeroed from the allocator, its pages first touched by the
+/// threads that write them.
 fn resize_for_overwrite(out: &mut Vec<f32>, len: usize) {
     if out.len() == len {
         return;
@@ -244,12 +244,7 @@ pub fn attention(
     let hidden = heads * head_dim;
     let tokens: usize = lengths.iter().sum();
     expect_len("packed query/key/value", qkv.len(), tokens * 3 * hidden)?;
-    // Every value is written below; the zeros only make the buffer valid,
-    // so a buffer kept from the previous layer is not filled again.
-    if context.len() != tokens * hidden {
-        context.clear();
-        context.resize(tokens * hidden, 0.0);
-    }
+    resize_for_overwrite(context, tokens * hidden);
     let starts: Vec<usize> = lengths
         .iter()
         .scan(0, |next, &len| {

@@ -12,6 +12,7 @@ use pulse_kernels::transformer::{self as kernels, Activation, Dense, WeightPreci
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 
 /// Which implementation runs the transformer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -214,7 +215,38 @@ enum Layers {
     /// Candle tensors: any device and dtype.
     Tensors(Vec<EncoderLayer>),
     /// Host f32 weights for pulse-kernels' CPU layer.
-    Cpu(Vec<CpuLayer>),
+    Cpu(CpuLayers),
+}
+
+struct CpuLayers {
+    layers: Vec<CpuLayer>,
+    /// Working buffers of earlier passes, for the next ones to reuse.
+    spare: Mutex<Vec<LayerBuffers>>,
+}
+
+/// The CPU layers' working values, kept from one forward pass to the next:
+/// fresh, a 16 × 256-token batch's buffers were 56 MB of pages to fault in,
+/// zero and hand back on every pass.
+#[derive(Default)]
+struct LayerBuffers {
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    attended: Vec<f32>,
+    intermediate: Vec<f32>,
+}
+
+/// Buffers larger than this together are dropped after their pass instead
+/// of kept, so that one huge batch does not pin its memory for good.
+const KEPT_BUFFER_BYTES: usize = 256 << 20;
+
+impl LayerBuffers {
+    fn bytes(&self) -> usize {
+        let values = self.qkv.capacity()
+            + self.context.capacity()
+            + self.attended.capacity()
+            + self.intermediate.capacity();
+        values * size_of::<f32>()
+    }
 }
 
 struct EncoderLayer {
@@ -288,12 +320,13 @@ impl NativeEncoder {
             .map(|i| EncoderLayer::load(vb.pp(format!("encoder.layer.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let layers = match cpu_kernels {
-            Some(dense_weights) => Layers::Cpu(
-                layers
+            Some(dense_weights) => Layers::Cpu(CpuLayers {
+                layers: layers
                     .iter()
                     .map(|layer| layer.to_cpu(heads, c.hidden_act, dense_weights))
                     .collect::<Result<_>>()?,
-            ),
+                spare: Mutex::default(),
+            }),
             None => Layers::Tensors(layers),
         };
         Ok(NativeEncoder {
@@ -356,28 +389,39 @@ impl NativeEncoder {
     /// of `lengths` tokens.
     fn cpu_layers_forward(
         &self,
-        layers: &[CpuLayer],
+        layers: &CpuLayers,
         hidden: Tensor,
         lengths: &[usize],
     ) -> Result<Tensor> {
         let shape = hidden.shape().clone();
         let mut hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
-        let (mut qkv, mut context, mut attended, mut intermediate) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for layer in layers {
-            layer.qkv.forward(&hidden, None, &mut qkv)?;
-            kernels::attention(&qkv, lengths, self.heads, self.head_dim, &mut context)?;
+        // A poisoned lock only means another pass panicked; the buffers
+        // hold no state that matters.
+        let spare = || layers.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buffers = spare().pop().unwrap_or_default();
+        let LayerBuffers {
+            qkv,
+            context,
+            attended,
+            intermediate,
+        } = &mut buffers;
+        for layer in &layers.layers {
+            layer.qkv.forward(&hidden, None, qkv)?;
+            kernels::attention(qkv, lengths, self.heads, self.head_dim, context)?;
             layer
                 .attention_out
-                .forward(&context, Some(&hidden), &mut attended)?;
-            layer.attention_norm.apply_in_place(&mut attended)?;
+                .forward(context, Some(&hidden), attended)?;
+            layer.attention_norm.apply_in_place(attended)?;
             layer
                 .intermediate
-                .forward_activated(&attended, layer.activation, &mut intermediate)?;
+                .forward_activated(attended, layer.activation, intermediate)?;
             layer
                 .output
-                .forward(&intermediate, Some(&attended), &mut hidden)?;
+                .forward(intermediate, Some(attended), &mut hidden)?;
             layer.output_norm.apply_in_place(&mut hidden)?;
+        }
+        if buffers.bytes() <= KEPT_BUFFER_BYTES {
+            spare().push(buffers);
         }
         Ok(Tensor::from_vec(hidden, shape, &Device::Cpu)?)
     }
@@ -689,6 +733,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn kept_buffers_give_the_same_states_batch_after_batch() {
+        let config = tiny_config();
+        let weights = random_weights(&config);
+        let encoder = || {
+            let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+            NativeEncoder::load_with(vb, &config, Some(WeightPrecision::F32)).unwrap()
+        };
+        let types = [0u32; 9];
+        let batch = |ids: &[&[u32]]| {
+            let sequences: Vec<(&[u32], &[u32])> =
+                ids.iter().map(|ids| (*ids, &types[..ids.len()])).collect();
+            batch_input(&sequences, &config, &Device::Cpu).unwrap()
+        };
+        let big = batch(&[&[3, 17, 9, 4, 2], &[8, 1, 44, 49, 12, 30, 7, 7, 2]]);
+        let small = batch(&[&[5, 6]]);
+        let states = |encoder: &NativeEncoder, input: &EncoderInput| {
+            encoder.forward(input).unwrap().to_vec3::<f32>().unwrap()
+        };
+        let (fresh_big, fresh_small) = (states(&encoder(), &big), states(&encoder(), &small));
+        let reused = encoder();
+        // Larger, smaller, then larger again than the kept buffers.
+        for (input, expected) in [
+            (&big, &fresh_big),
+            (&small, &fresh_small),
+            (&big, &fresh_big),
+            (&small, &fresh_small),
+        ] {
+            assert_eq!(&states(&reused, input), expected);
+        }
+        let Layers::Cpu(layers) = &reused.layers else {
+            panic!("the CPU layers were not loaded");
+        };
+        assert_eq!(layers.spare.lock().unwrap().len(), 1);
     }
 
     #[test]

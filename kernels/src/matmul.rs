@@ -24,14 +24,14 @@
 //!
 //! Each has micro-kernels chosen at run time and a portable one with the
 //! same results up to rounding, used where the instructions are missing.
+//! On CPUs with AVX-512 but without the VNNI and BF16 extensions, f32
+//! weights are instead stored transposed for the `gemm` crate, whose
+//! 512-bit kernels outrun the AVX2 tile.
 //!
 //! The output is cut into tasks of row blocks × panel ranges, spread over
 //! rayon's threads. Through [`OutputRows`] the caller can have each task
 //! write what its rows start from (a bias, a residual) and map its finished
 //! sums (an activation) while they are in that core's cache.
-//! On CPUs with AVX-512 but without the VNNI and BF16 extensions, f32
-//! weights are instead stored transposed for the `gemm` crate, whose
-//! 512-bit kernels outrun the AVX2 tile.
 
 use crate::disjoint::DisjointWrites;
 use crate::vector_math;

@@ -685,14 +685,30 @@ mod tests {
         weights
     }
 
+    /// The tiny encoder on `weights`, its layers on pulse-kernels in
+    /// `cpu_kernels` precision or on Candle ops.
+    fn tiny_encoder(
+        config: &ModelConfig,
+        weights: &HashMap<String, Tensor>,
+        cpu_kernels: Option<WeightPrecision>,
+    ) -> NativeEncoder {
+        let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+        NativeEncoder::load_with(vb, config, cpu_kernels).unwrap()
+    }
+
+    /// A batch of sequences of `ids` (type 0), at most 9 tokens each.
+    fn tiny_batch(config: &ModelConfig, ids: &[&[u32]]) -> EncoderInput {
+        let types = [0u32; 9];
+        let sequences: Vec<(&[u32], &[u32])> =
+            ids.iter().map(|ids| (*ids, &types[..ids.len()])).collect();
+        batch_input(&sequences, config, &Device::Cpu).unwrap()
+    }
+
     #[test]
     fn cpu_kernels_give_candle_ops_states_on_a_mixed_batch() {
         let config = tiny_config();
         let weights = random_weights(&config);
-        let encoder = |cpu_kernels| {
-            let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
-            NativeEncoder::load_with(vb, &config, cpu_kernels).unwrap()
-        };
+        let encoder = |cpu_kernels| tiny_encoder(&config, &weights, cpu_kernels);
         let (kernels, ops) = (encoder(Some(WeightPrecision::F32)), encoder(None));
         assert!(matches!(kernels.layers, Layers::Cpu(_)));
         assert!(matches!(ops.layers, Layers::Tensors(_)));
@@ -702,10 +718,7 @@ mod tests {
             &[8, 1, 44, 49, 12, 30, 7, 7, 2],
             &[6, 6],
         ];
-        let types = [0u32; 9];
-        let sequences: Vec<(&[u32], &[u32])> =
-            ids.iter().map(|ids| (*ids, &types[..ids.len()])).collect();
-        let input = batch_input(&sequences, &config, &Device::Cpu).unwrap();
+        let input = tiny_batch(&config, &ids);
         let states =
             |encoder: &NativeEncoder| encoder.forward(&input).unwrap().to_vec3::<f32>().unwrap();
         let (a, b) = (states(&kernels), states(&ops));
@@ -739,18 +752,12 @@ mod tests {
     fn kept_buffers_give_the_same_states_batch_after_batch() {
         let config = tiny_config();
         let weights = random_weights(&config);
-        let encoder = || {
-            let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
-            NativeEncoder::load_with(vb, &config, Some(WeightPrecision::F32)).unwrap()
-        };
-        let types = [0u32; 9];
-        let batch = |ids: &[&[u32]]| {
-            let sequences: Vec<(&[u32], &[u32])> =
-                ids.iter().map(|ids| (*ids, &types[..ids.len()])).collect();
-            batch_input(&sequences, &config, &Device::Cpu).unwrap()
-        };
-        let big = batch(&[&[3, 17, 9, 4, 2], &[8, 1, 44, 49, 12, 30, 7, 7, 2]]);
-        let small = batch(&[&[5, 6]]);
+        let encoder = || tiny_encoder(&config, &weights, Some(WeightPrecision::F32));
+        let big = tiny_batch(
+            &config,
+            &[&[3, 17, 9, 4, 2], &[8, 1, 44, 49, 12, 30, 7, 7, 2]],
+        );
+        let small = tiny_batch(&config, &[&[5, 6]]);
         let states = |encoder: &NativeEncoder, input: &EncoderInput| {
             encoder.forward(input).unwrap().to_vec3::<f32>().unwrap()
         };

@@ -122,6 +122,9 @@ struct Report {
     cpu: String,
     cores: usize,
     repeats: usize,
+    /// What each of pulse's encoders ran its dense layers on (AMX,
+    /// AVX-512, AVX2, portable, candle).
+    kernels: BTreeMap<String, &'static str>,
     results: Vec<Measurement>,
     precision_parity: Vec<PrecisionParity>,
     reference: Option<ReferenceRun>,
@@ -150,6 +153,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     ];
     let mut results = Vec::new();
     let mut precision_parity = Vec::new();
+    let mut kernels = BTreeMap::new();
     let mut model = None;
     for &encoder in &args.encoders {
         for &dtype in &args.dtypes {
@@ -171,6 +175,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
                 };
                 let embedder = Embedder::load(&args.model, &options)?;
                 let label = engine_label(&embedder);
+                kernels.insert(label.clone(), embedder.info().kernels);
                 for workload in &workloads {
                     let measurement = measure(&embedder, workload, args.repeats)?;
                     eprintln!(
@@ -215,6 +220,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         cpu: cpu_name(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         repeats: args.repeats,
+        kernels,
         results,
         precision_parity,
         reference,
@@ -387,11 +393,21 @@ fn write_charts(report: &Report, dir: &Path, formats: &[ChartFormat]) -> anyhow:
 }
 
 fn markdown(report: &Report) -> String {
+    let kernels: Vec<String> = report
+        .kernels
+        .iter()
+        .map(|(encoder, kernels)| format!("{encoder} on {kernels}"))
+        .collect();
     let mut out = format!(
-        "Model `{}` on {} ({} cores), CPU, f32 unless named, median of {} passes.\n\n\
+        "Model `{}` on {} ({} cores), CPU, f32 unless named, median of {} passes; \
+         dense layers: {}.\n\n\
          | encoder | threads | workload | tokens | seconds | tokens/s | texts/s | batch p50 ms |\n\
          | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
-        report.model, report.cpu, report.cores, report.repeats
+        report.model,
+        report.cpu,
+        report.cores,
+        report.repeats,
+        kernels.join(", ")
     );
     for m in measurements(report) {
         out.push_str(&format!(
@@ -453,6 +469,7 @@ mod tests {
             cpu: "cpu".into(),
             cores: 2,
             repeats: 3,
+            kernels: BTreeMap::from([("native int8".to_string(), "AMX")]),
             results: Vec::new(),
             precision_parity: vec![PrecisionParity {
                 encoder: "native int8".into(),
@@ -463,6 +480,10 @@ mod tests {
             reference: Some(reference),
         };
         let table = markdown(&report);
+        assert!(
+            table.contains("dense layers: native int8 on AMX."),
+            "{table}"
+        );
         assert!(
             table.contains(
                 "| onnxruntime | 1 | 200 short texts, batch 1 | 4000 | 2.20 | 1818 | 90.9 | 10.5 |"

@@ -24,6 +24,9 @@
 //!
 //! Each has micro-kernels chosen at run time and a portable one with the
 //! same results up to rounding, used where the instructions are missing.
+//! Where the CPU has AMX and Linux grants its tile state (`amx`), bf16 and
+//! int8 run on the tiles instead: the same weights and the same
+//! quantisation, 16 × 16 sums an instruction.
 //! On CPUs with AVX-512 but without the VNNI and BF16 extensions, f32
 //! weights are instead stored transposed for the `gemm` crate, whose
 //! 512-bit kernels outrun the AVX2 tile.
@@ -32,6 +35,9 @@
 //! rayon's threads. Through [`OutputRows`] the caller can have each task
 //! write what its rows start from (a bias, a residual) and map its finished
 //! sums (an activation) while they are in that core's cache.
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
 
 use crate::disjoint::DisjointWrites;
 use crate::vector_math;
@@ -59,6 +65,9 @@ const BF16_BLOCK_PAIRS: usize = 128;
 /// f32 was 0.99878 with groups of 128 and 0.99917 with 64. Each group's sum
 /// is scaled into the output on its own: |sum| ≤ 32 · 2 · 32767 · 127 < 2³¹.
 const GROUP_PAIRS: usize = 32;
+/// Input pairs in one AMX bf16 step (a 64-byte tile row of activations);
+/// bf16 panels store whole steps.
+const AMX_STEP_PAIRS: usize = 16;
 /// Input pairs per block in int8 (4 KiB of a panel's weights, 8 of two):
 /// whole groups, so the micro-kernel runs long enough to pay for its call.
 const INT8_BLOCK_PAIRS: usize = 4 * GROUP_PAIRS;
@@ -118,6 +127,10 @@ enum Values {
     /// `scales` is `[panel][group][column]`: one per column and group of
     /// `2 · GROUP_PAIRS` inputs, zero in the padding of the last panel.
     Int8 { values: Vec<i8>, scales: Vec<f32> },
+    /// As `Int8`, for AMX's `tdpbssd`: `[panel][input quad][column][4]`,
+    /// the inputs padded with zeros to whole groups.
+    #[cfg(target_arch = "x86_64")]
+    Int8Quads { values: Vec<i8>, scales: Vec<f32> },
 }
 
 impl PackedMatrix {
@@ -134,14 +147,33 @@ impl PackedMatrix {
     }
 
     /// As [`PackedMatrix::new`], with the f32 layout chosen by the caller
-    /// (the int8 layout is always panels): for benchmarks that set the
-    /// two f32 paths side by side.
+    /// (the int8 layout follows the CPU): for benchmarks that set the two
+    /// f32 paths side by side.
     pub fn with_layout(
         weight: &[f32],
         inputs: usize,
         outputs: usize,
         precision: WeightPrecision,
         f32_layout: F32Layout,
+    ) -> Self {
+        Self::for_kernel(
+            weight,
+            inputs,
+            outputs,
+            precision,
+            f32_layout,
+            Kernel::detect(),
+        )
+    }
+
+    /// Packs for `kernel`: int8 in quads for AMX, in pairs elsewhere.
+    fn for_kernel(
+        weight: &[f32],
+        inputs: usize,
+        outputs: usize,
+        precision: WeightPrecision,
+        f32_layout: F32Layout,
+        kernel: Kernel,
     ) -> Self {
         debug_assert_eq!(weight.len(), inputs * outputs);
         let panels = stored_panels(outputs);
@@ -166,48 +198,30 @@ impl PackedMatrix {
                 Values::F32(packed)
             }
             WeightPrecision::Bf16 => {
-                let pairs = inputs.div_ceil(2);
-                let mut packed = vec![bf16::ZERO; panels * pairs * 2 * PANEL];
+                let panel_size = bf16_pairs(inputs) * 2 * PANEL;
+                let mut packed = vec![bf16::ZERO; panels * panel_size];
                 for (o, row) in weight.chunks_exact(inputs).enumerate() {
-                    let panel = &mut packed[(o / PANEL) * pairs * 2 * PANEL..];
+                    let panel = &mut packed[(o / PANEL) * panel_size..];
                     for (i, w) in row.iter().enumerate() {
                         panel[pair_slot(i, o % PANEL)] = bf16::from_f32(*w);
                     }
                 }
                 Values::Bf16(packed)
             }
+            #[cfg(target_arch = "x86_64")]
+            WeightPrecision::Int8 if kernel.is_amx() => {
+                let panel_size = int8_quads(inputs) * 4 * PANEL;
+                let (values, scales) = quantise_weights(weight, inputs, panels, |column, i| {
+                    (column / PANEL) * panel_size + quad_slot(i, column % PANEL)
+                });
+                Values::Int8Quads { values, scales }
+            }
             WeightPrecision::Int8 => {
-                let pairs = inputs.div_ceil(2);
-                let groups = pairs.div_ceil(GROUP_PAIRS);
-                let group_inputs = 2 * GROUP_PAIRS;
-                let mut packed = vec![0; panels * pairs * 2 * PANEL];
-                let mut scales = vec![0.0; panels * groups * PANEL];
-                for (o, row) in weight.chunks_exact(inputs).enumerate() {
-                    let (panel, column) = (o / PANEL, o % PANEL);
-                    for (group, part) in row.chunks(group_inputs).enumerate() {
-                        let scale = &mut scales[(panel * groups + group) * PANEL + column];
-                        let largest = largest_magnitude(part);
-                        if !largest.is_finite() {
-                            // The column's outputs become NaN, as in f32.
-                            *scale = f32::NAN;
-                            continue;
-                        }
-                        if largest == 0.0 {
-                            continue;
-                        }
-                        *scale = largest / INT8_MAX;
-                        let first = group * group_inputs;
-                        let packed = &mut packed[panel * pairs * 2 * PANEL..];
-                        for (i, w) in (first..).zip(part) {
-                            let q = (w * (INT8_MAX / largest)).round();
-                            packed[pair_slot(i, column)] = q.clamp(-INT8_MAX, INT8_MAX) as i8;
-                        }
-                    }
-                }
-                Values::Int8 {
-                    values: packed,
-                    scales,
-                }
+                let panel_size = inputs.div_ceil(2) * 2 * PANEL;
+                let (values, scales) = quantise_weights(weight, inputs, panels, |column, i| {
+                    (column / PANEL) * panel_size + pair_slot(i, column % PANEL)
+                });
+                Values::Int8 { values, scales }
             }
         };
         PackedMatrix {
@@ -230,6 +244,8 @@ impl PackedMatrix {
             Values::F32(_) | Values::F32Transposed(_) => WeightPrecision::F32,
             Values::Bf16(_) => WeightPrecision::Bf16,
             Values::Int8 { .. } => WeightPrecision::Int8,
+            #[cfg(target_arch = "x86_64")]
+            Values::Int8Quads { .. } => WeightPrecision::Int8,
         }
     }
 
@@ -312,9 +328,100 @@ impl PackedMatrix {
                     },
                 );
             }
+            #[cfg(target_arch = "x86_64")]
+            Values::Bf16(packed) if kernel == Kernel::Amx => {
+                let pairs = bf16_pairs(self.inputs);
+                let activations = bf16_rows(kernel, input, self.inputs);
+                let (activation_bytes, panel_bytes) = (4 * pairs, 4 * pairs * PANEL);
+                let block_rows = 2 * amx::TILE_ROWS;
+                self.for_each_amx_block(
+                    rows,
+                    out,
+                    around,
+                    block_rows,
+                    |strip, panel, columns, c| {
+                        let tile_rows = |i: usize| {
+                            strip
+                                .len()
+                                .saturating_sub(i * amx::TILE_ROWS)
+                                .min(amx::TILE_ROWS) as u8
+                        };
+                        // SAFETY: AMX was granted (the kernel's detection); the
+                        // strip's rows hold `pairs` pairs each, the panels
+                        // `pairs` pairs of 16 columns, and `c` is this task's
+                        // block of the output.
+                        unsafe {
+                            amx::bf16_block(
+                                [tile_rows(0), tile_rows(1)],
+                                columns,
+                                pairs / AMX_STEP_PAIRS,
+                                amx::Strided {
+                                    at: activations.as_ptr().add(strip.start * 2 * pairs).cast(),
+                                    stride: activation_bytes,
+                                },
+                                amx::Strided {
+                                    at: packed.as_ptr().add(panel * 2 * pairs * PANEL).cast(),
+                                    stride: panel_bytes,
+                                },
+                                amx::Strided {
+                                    at: c.cast(),
+                                    stride: 4 * self.outputs,
+                                },
+                            )
+                        }
+                    },
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            Values::Int8Quads { values, scales } => {
+                debug_assert_eq!(kernel, Kernel::Amx);
+                let groups = self.inputs.div_ceil(2 * GROUP_PAIRS);
+                let padded = groups * 2 * GROUP_PAIRS;
+                let (quantised, row_scales) = quantise_rows(input, self.inputs, padded);
+                let (high, low) = split_bytes(&quantised);
+                let panel_bytes = int8_quads(self.inputs) * 4 * PANEL;
+                self.for_each_amx_block(
+                    rows,
+                    out,
+                    around,
+                    amx::TILE_ROWS,
+                    |strip, panel, columns, c| {
+                        // SAFETY: AMX was granted and AVX-512F detected (the
+                        // kernel's detection); the strip's rows hold `groups`
+                        // groups each, the panels and their scales as many, and
+                        // `c` is this task's block of the output.
+                        unsafe {
+                            amx::int8_block(
+                                strip.len() as u8,
+                                columns,
+                                groups,
+                                amx::SplitRows {
+                                    high: high.as_ptr().add(strip.start * padded),
+                                    low: low.as_ptr().add(strip.start * padded),
+                                    stride: padded,
+                                    scales: row_scales.as_ptr().add(strip.start),
+                                },
+                                amx::Strided {
+                                    at: values.as_ptr().add(panel * panel_bytes),
+                                    stride: panel_bytes,
+                                },
+                                amx::Strided {
+                                    at: scales.as_ptr().add(panel * groups * PANEL),
+                                    stride: groups * PANEL,
+                                },
+                                amx::Strided {
+                                    at: c,
+                                    stride: 4 * self.outputs,
+                                },
+                            )
+                        }
+                    },
+                );
+            }
             Values::Bf16(packed) => {
                 let pairs = self.inputs.div_ceil(2);
-                let panel_stride = pairs * 2 * PANEL;
+                let lda = 2 * bf16_pairs(self.inputs);
+                let panel_stride = lda * PANEL;
                 let block = BF16_BLOCK_PAIRS / kernel.tile_panels();
                 let activations = bf16_rows(kernel, input, self.inputs);
                 self.for_each_tile(
@@ -326,14 +433,14 @@ impl PackedMatrix {
                     block,
                     |steps, panel, strip, c, ldc| {
                         let weights = &packed[panel * panel_stride + steps.start * 2 * PANEL..];
-                        let a = &activations[strip.start * 2 * pairs + 2 * steps.start..];
+                        let a = &activations[strip.start * lda + 2 * steps.start..];
                         // SAFETY: as for f32, in input pairs.
                         unsafe {
                             kernel.bf16_tile(
                                 strip.len(),
                                 steps.len(),
                                 a,
-                                2 * pairs,
+                                lda,
                                 weights,
                                 panel_stride,
                                 c,
@@ -350,7 +457,7 @@ impl PackedMatrix {
                     weights: pairs * 2 * PANEL,
                     scales: groups * PANEL,
                 };
-                let (quantised, row_scales) = quantise_rows(input, self.inputs);
+                let (quantised, row_scales) = quantise_rows(input, self.inputs, 2 * pairs);
                 let block = INT8_BLOCK_PAIRS;
                 self.for_each_tile(
                     kernel,
@@ -401,14 +508,7 @@ impl PackedMatrix {
         block: usize,
         tile: impl Fn(Range<usize>, usize, Range<usize>, *mut f32, usize) + Sync,
     ) {
-        self.for_each_task(kernel, rows, out, |rows, panels, out| {
-            let columns = panels.start * PANEL..(panels.end * PANEL).min(self.outputs);
-            out.each_row(
-                rows.clone(),
-                columns.clone(),
-                self.outputs,
-                |row, values| around.start(row, columns.start, values),
-            );
+        self.for_each_task(kernel, rows, out, around, 1, |rows, panels, out| {
             for steps in blocks(steps, block) {
                 for panel in panels.clone().step_by(kernel.tile_panels()) {
                     for_each_strip(rows.clone(), |strip| {
@@ -418,27 +518,76 @@ impl PackedMatrix {
                     });
                 }
             }
-            out.each_row(rows, columns, self.outputs, |_, values| {
-                around.finish(values)
-            });
         });
     }
 
+    /// Runs `block(rows, panel, columns, c)` on every AMX block of the
+    /// output: `block_rows` rows (fewer at the end) × the two panels from
+    /// `panel`, `columns` holding how many output columns each has (0 past
+    /// the last) and `c` the block's first value. In each task, panel
+    /// pairs run outermost, so a pair's weights stay in cache while the
+    /// task's rows pass; `around` as in [`PackedMatrix::for_each_tile`].
+    #[cfg(target_arch = "x86_64")]
+    fn for_each_amx_block(
+        &self,
+        rows: usize,
+        out: &mut [f32],
+        around: &impl OutputRows,
+        block_rows: usize,
+        block: impl Fn(Range<usize>, usize, [u8; 2], *mut f32) + Sync,
+    ) {
+        let kernel = Kernel::Amx;
+        let panel_columns = |panel: usize, panels: &Range<usize>| {
+            let first = panel * PANEL;
+            if panel < panels.end && first < self.outputs {
+                (self.outputs - first).min(PANEL) as u8
+            } else {
+                0
+            }
+        };
+        self.for_each_task(
+            kernel,
+            rows,
+            out,
+            around,
+            block_rows,
+            |rows, panels, out| {
+                for panel in panels.clone().step_by(kernel.tile_panels()) {
+                    let widths = [
+                        panel_columns(panel, &panels),
+                        panel_columns(panel + 1, &panels),
+                    ];
+                    for first in rows.clone().step_by(block_rows) {
+                        let strip = first..(first + block_rows).min(rows.end);
+                        let c = out.out.at(first * self.outputs + panel * PANEL);
+                        block(strip, panel, widths, c);
+                    }
+                }
+            },
+        );
+    }
+
     /// Splits the output into (row block × panel range) tasks, on rayon's
-    /// threads when the multiply is big enough to pay for them.
+    /// threads when the multiply is big enough to pay for them, and runs
+    /// `task(rows, panels, out)` on each between `around`'s start and
+    /// finish of its rows. Row blocks start on multiples of `row_unit`
+    /// (AMX's tiles of rows).
     fn for_each_task(
         &self,
         kernel: Kernel,
         rows: usize,
         out: &mut [f32],
+        around: &impl OutputRows,
+        row_unit: usize,
         task: impl Fn(Range<usize>, Range<usize>, &OutputTiles) + Sync,
     ) {
         let panels = self.outputs.div_ceil(PANEL);
         let threads = threads_for(rows * self.outputs * self.inputs);
+        let units = rows.div_ceil(row_unit);
         // Where there are blocks enough, as many on every thread, the rows
         // shared out evenly: 57 blocks of up to 72 rows on 2 threads would
         // leave one thread a whole block's work alone at the end.
-        let row_blocks = match (rows.div_ceil(ROW_BLOCK), threads) {
+        let row_blocks = match (units.div_ceil(ROW_BLOCK.div_ceil(row_unit)), threads) {
             (blocks, Some(threads)) if blocks >= threads => blocks.next_multiple_of(threads),
             (blocks, _) => blocks,
         };
@@ -460,11 +609,23 @@ impl PackedMatrix {
         };
         let run = |t: usize| {
             let (block, chunk) = (t / panel_chunks, t % panel_chunks);
-            let rows = block * rows / row_blocks..(block + 1) * rows / row_blocks;
+            let row_at = |block: usize| (block * units / row_blocks * row_unit).min(rows);
+            let rows = row_at(block)..row_at(block + 1);
             let panels = chunk * panels_per_chunk..((chunk + 1) * panels_per_chunk).min(panels);
-            if !panels.is_empty() && !rows.is_empty() {
-                task(rows, panels, &tiles);
+            if panels.is_empty() || rows.is_empty() {
+                return;
             }
+            let columns = panels.start * PANEL..(panels.end * PANEL).min(self.outputs);
+            tiles.each_row(
+                rows.clone(),
+                columns.clone(),
+                self.outputs,
+                |row, values| around.start(row, columns.start, values),
+            );
+            task(rows.clone(), panels, &tiles);
+            tiles.each_row(rows, columns, self.outputs, |_, values| {
+                around.finish(values)
+            });
         };
         let tasks = row_blocks * panel_chunks;
         if threads.is_some() {
@@ -610,6 +771,63 @@ fn pair_slot(input: usize, column: usize) -> usize {
     (input / 2) * 2 * PANEL + column * 2 + input % 2
 }
 
+/// Where weight `input` of `column` lies in a panel stored by input quads
+/// (`[quad][column][4]`, int8's layout for AMX).
+fn quad_slot(input: usize, column: usize) -> usize {
+    (input / 4) * 4 * PANEL + column * 4 + input % 4
+}
+
+/// Input pairs a bf16 panel stores: whole AMX steps, zero-padded, so the
+/// tiles never read past a panel; the vector kernels stop at the real
+/// pairs.
+fn bf16_pairs(inputs: usize) -> usize {
+    inputs.div_ceil(2).next_multiple_of(AMX_STEP_PAIRS)
+}
+
+/// Input quads an int8 panel stores for AMX: whole quantisation groups.
+fn int8_quads(inputs: usize) -> usize {
+    inputs.div_ceil(2 * GROUP_PAIRS) * GROUP_PAIRS / 2
+}
+
+/// Each column of `weight` (`outputs × inputs`) quantised symmetrically to
+/// ±127 per group of `2 · GROUP_PAIRS` inputs; weight `input` of a column
+/// lands at `slot(column, input)`. Returns the values and the scales,
+/// `[panel][group][column]`, zero for an all-zero group and for the last
+/// panel's padding, NaN for a group holding NaN or an infinity.
+fn quantise_weights(
+    weight: &[f32],
+    inputs: usize,
+    panels: usize,
+    slot: impl Fn(usize, usize) -> usize,
+) -> (Vec<i8>, Vec<f32>) {
+    let group_inputs = 2 * GROUP_PAIRS;
+    let groups = inputs.div_ceil(group_inputs);
+    let mut packed = vec![0; slot(panels * PANEL, 0)];
+    let mut scales = vec![0.0; panels * groups * PANEL];
+    for (o, row) in weight.chunks_exact(inputs).enumerate() {
+        let (panel, column) = (o / PANEL, o % PANEL);
+        for (group, part) in row.chunks(group_inputs).enumerate() {
+            let scale = &mut scales[(panel * groups + group) * PANEL + column];
+            let largest = largest_magnitude(part);
+            if !largest.is_finite() {
+                // The column's outputs become NaN, as in f32.
+                *scale = f32::NAN;
+                continue;
+            }
+            if largest == 0.0 {
+                continue;
+            }
+            *scale = largest / INT8_MAX;
+            let first = group * group_inputs;
+            for (i, w) in (first..).zip(part) {
+                let q = (w * (INT8_MAX / largest)).round();
+                packed[slot(o, i)] = q.clamp(-INT8_MAX, INT8_MAX) as i8;
+            }
+        }
+    }
+    (packed, scales)
+}
+
 /// Panels stored for `outputs` columns: whole, and an even count, so a
 /// two-panel tile never reads past the weights (the padding is zeros).
 fn stored_panels(outputs: usize) -> usize {
@@ -652,11 +870,11 @@ fn for_each_strip(rows: Range<usize>, mut visit: impl FnMut(Range<usize>)) {
     }
 }
 
-/// Each row scaled to ±32767 and rounded into i16, padded with a zero input
-/// to an even length; returns the values and each row's scale back to f32
-/// (NaN for a row holding NaN or an infinity).
-fn quantise_rows(input: &[f32], inputs: usize) -> (Vec<i16>, Vec<f32>) {
-    convert_rows(input, inputs, 0, |row, quantised| {
+/// Each row scaled to ±32767 and rounded into i16, padded with zero
+/// inputs to `padded` values; returns the values and each row's scale back
+/// to f32 (NaN for a row holding NaN or an infinity).
+fn quantise_rows(input: &[f32], inputs: usize, padded: usize) -> (Vec<i16>, Vec<f32>) {
+    convert_rows(input, inputs, padded, 0, |row, quantised| {
         let largest = largest_magnitude(row);
         if !largest.is_finite() {
             // The row's outputs become NaN, as they would in f32.
@@ -673,32 +891,48 @@ fn quantise_rows(input: &[f32], inputs: usize) -> (Vec<i16>, Vec<f32>) {
     })
 }
 
-/// Each row rounded to bfloat16 (to nearest, ties to even), padded with a
-/// zero input to an even length, as the bf16 micro-kernels read input
-/// pairs.
+/// The high (signed) and low (unsigned) bytes of 16-bit values, which AMX
+/// multiplies apart: x = 256·high + low, exactly.
+#[cfg(target_arch = "x86_64")]
+fn split_bytes(values: &[i16]) -> (Vec<i8>, Vec<u8>) {
+    let high = values.iter().map(|&x| (x >> 8) as i8).collect();
+    let low = values.iter().map(|&x| x as u8).collect();
+    (high, low)
+}
+
+/// Each row rounded to bfloat16 (to nearest, ties to even), padded with
+/// zero inputs to the pairs a bf16 panel stores, as the bf16 kernels read
+/// input pairs.
 fn bf16_rows(kernel: Kernel, input: &[f32], inputs: usize) -> Vec<bf16> {
-    let (rounded, _) = convert_rows(input, inputs, bf16::ZERO, |row, rounded| match kernel {
-        // SAFETY: AVX-512 BF16 was detected.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { avx512::round_to_bf16(row, rounded) },
-        // half's scalar loop: small beside the portable tile's multiply.
-        _ => rounded.convert_from_f32_slice(row),
-    });
+    let padded = 2 * bf16_pairs(inputs);
+    let (rounded, _) = convert_rows(
+        input,
+        inputs,
+        padded,
+        bf16::ZERO,
+        |row, rounded| match kernel {
+            // SAFETY: AVX-512 BF16 was detected.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 | Kernel::Amx => unsafe { avx512::round_to_bf16(row, rounded) },
+            // half's scalar loop: small beside the portable tile's multiply.
+            _ => rounded.convert_from_f32_slice(row),
+        },
+    );
     rounded
 }
 
 /// Converts each row of `input` (`inputs` values) into the first `inputs`
-/// of a row of `T` padded with `zero` to an even length, the input pairs
-/// the bf16 and int8 micro-kernels read; returns the rows and what each
+/// of a row of `padded` values of `T` (the rest `zero`), the input pairs
+/// or steps the bf16 and int8 kernels read; returns the rows and what each
 /// conversion returned. Across rayon's threads only for a big input:
 /// rayon's hand-off costs more than a short batch's few rows take.
 fn convert_rows<T: Copy + Send + Sync, R: Send>(
     input: &[f32],
     inputs: usize,
+    padded: usize,
     zero: T,
     convert: impl Fn(&[f32], &mut [T]) -> R + Sync,
 ) -> (Vec<T>, Vec<R>) {
-    let padded = inputs.div_ceil(2) * 2;
     let mut converted = vec![zero; input.len() / inputs * padded];
     let row = |(out, row): (&mut [T], &[f32])| convert(row, &mut out[..inputs]);
     let results = if input.len() < PARALLEL_WORK / 4 {
@@ -809,7 +1043,7 @@ impl F32Layout {
     /// kernels outrun the AVX2 tile.
     pub fn for_this_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && Kernel::detect() != Kernel::Avx512 {
+        if std::arch::is_x86_feature_detected!("avx512f") && Kernel::detect().tile_panels() == 1 {
             return F32Layout::Transposed;
         }
         F32Layout::Panels
@@ -821,10 +1055,30 @@ impl F32Layout {
 /// tile, fit for tests only.
 pub fn bf16_runs_fast() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if Kernel::detect() == Kernel::Avx512 {
+    if Kernel::detect().tile_panels() == 2 {
         return true;
     }
     false
+}
+
+/// The instructions the dense layers of `precision` run on, on this CPU:
+/// `AMX`, `AVX-512`, `AVX-512 (gemm)`, `AVX2` or `portable`.
+pub fn kernel_path(precision: WeightPrecision) -> &'static str {
+    match (Kernel::detect(), precision) {
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Amx, WeightPrecision::Bf16 | WeightPrecision::Int8) => "AMX",
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Amx | Kernel::Avx512, _) => "AVX-512",
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx2, WeightPrecision::F32)
+            if F32Layout::for_this_cpu() == F32Layout::Transposed =>
+        {
+            "AVX-512 (gemm)"
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx2, WeightPrecision::F32 | WeightPrecision::Int8) => "AVX2",
+        _ => "portable",
+    }
 }
 
 /// The instruction set of the micro-kernels this CPU runs, for reports.
@@ -835,6 +1089,8 @@ pub fn micro_kernels() -> &'static str {
         Kernel::Avx2 => "AVX2 and FMA",
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => "AVX-512 with VNNI and BF16",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Amx => "AMX (BF16, INT8) beside AVX-512 with VNNI and BF16",
     }
 }
 
@@ -864,6 +1120,10 @@ enum Kernel {
     /// and later): tiles two panels wide.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// `Avx512`, with bf16 and int8 on AMX tiles (Sapphire Rapids and
+    /// later, where Linux grants the tile state).
+    #[cfg(target_arch = "x86_64")]
+    Amx,
 }
 
 impl Kernel {
@@ -872,7 +1132,11 @@ impl Kernel {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("avx512bf16") {
-                return Kernel::Avx512;
+                return if amx::granted() {
+                    Kernel::Amx
+                } else {
+                    Kernel::Avx512
+                };
             }
             if has!("avx2") && has!("fma") {
                 return Kernel::Avx2;
@@ -885,9 +1149,18 @@ impl Kernel {
     fn tile_panels(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => 2,
+            Kernel::Avx512 | Kernel::Amx => 2,
             _ => 1,
         }
+    }
+
+    /// Whether int8 weights are packed in quads for AMX.
+    fn is_amx(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Amx {
+            return true;
+        }
+        false
     }
 
     /// `c[r][PANEL·q + j] += Σ_s a[r·lda + s] · b[q·panel_stride + s·PANEL + j]`
@@ -921,7 +1194,8 @@ impl Kernel {
                 with_rows!(rows, avx2::f32_tile(steps, a_at, lda, b_at, c, ldc))
             },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe {
+            // AMX runs its tiles elsewhere; these are its vector kernels.
+            Kernel::Avx512 | Kernel::Amx => unsafe {
                 with_rows!(
                     rows,
                     avx512::f32_tile(steps, a_at, lda, b_at, panel_stride, c, ldc)
@@ -951,7 +1225,8 @@ impl Kernel {
         debug_assert!(b.len() >= (self.tile_panels() - 1) * panel_stride + pairs * 2 * PANEL);
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe {
+            // AMX runs its tiles elsewhere; these are its vector kernels.
+            Kernel::Avx512 | Kernel::Amx => unsafe {
                 let (a, b) = (a.as_ptr().cast::<u16>(), b.as_ptr().cast::<u16>());
                 with_rows!(
                     rows,
@@ -1007,7 +1282,8 @@ impl Kernel {
                 with_rows!(rows, avx2::int8_tile(pairs, a_at, lda, b_at, s, cs, c, ldc))
             },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe {
+            // AMX runs its tiles elsewhere; these are its vector kernels.
+            Kernel::Avx512 | Kernel::Amx => unsafe {
                 with_rows!(
                     rows,
                     avx512::int8_tile(pairs, a_at, lda, b_at, s, cs, strides, c, ldc)
@@ -1435,7 +1711,18 @@ mod tests {
         matrix.multiply_with(kernel, input, out, &KeepOutput);
     }
 
-    /// Every micro-kernel this CPU can run.
+    /// `weight` packed as `kernel` reads it.
+    fn packed(
+        kernel: Kernel,
+        weight: &[f32],
+        (inputs, outputs): (usize, usize),
+        precision: WeightPrecision,
+        layout: F32Layout,
+    ) -> PackedMatrix {
+        PackedMatrix::for_kernel(weight, inputs, outputs, precision, layout, kernel)
+    }
+
+    /// Every micro-kernel this CPU can run; says which it cannot.
     fn kernels() -> Vec<Kernel> {
         let mut all = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
@@ -1443,9 +1730,18 @@ mod tests {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") {
                 all.push(Kernel::Avx2);
+            } else {
+                eprintln!("skipped: the AVX2 kernels (this CPU lacks AVX2 or FMA)");
             }
-            if Kernel::detect() == Kernel::Avx512 {
-                all.push(Kernel::Avx512);
+            match Kernel::detect() {
+                Kernel::Avx512 => {
+                    all.push(Kernel::Avx512);
+                    eprintln!("skipped: the AMX kernels (no AMX, or Linux refused its tiles)");
+                }
+                Kernel::Amx => all.extend([Kernel::Avx512, Kernel::Amx]),
+                _ => eprintln!(
+                    "skipped: the AVX-512 and AMX kernels (this CPU lacks AVX-512 BW, VNNI or BF16)"
+                ),
             }
         }
         all
@@ -1500,22 +1796,25 @@ mod tests {
                 .iter()
                 .map(|v| 2.0 * v - 1.0)
                 .collect();
-            for layout in [F32Layout::Panels, F32Layout::Transposed] {
-                let matrix = PackedMatrix::with_layout(
-                    &weight,
-                    inputs,
-                    outputs,
-                    WeightPrecision::F32,
-                    layout,
-                );
+            let runs = [
+                (WeightPrecision::F32, F32Layout::Panels, 8e-5),
+                (WeightPrecision::F32, F32Layout::Transposed, 8e-5),
+                // Twice the rounding error the precisions' own tests allow:
+                // the finish doubles it.
+                (WeightPrecision::Bf16, F32Layout::Panels, 2.0 / 128.0),
+                (WeightPrecision::Int8, F32Layout::Panels, 4.0 / 254.0),
+            ];
+            for (precision, layout, per_input) in runs {
                 for kernel in kernels() {
+                    let shape = (inputs, outputs);
+                    let matrix = packed(kernel, &weight, shape, precision, layout);
                     let mut out = vec![f32::NAN; rows * outputs];
                     matrix.multiply_with(kernel, &input, &mut out, &marked);
                     for (i, (x, y)) in out.iter().zip(&expected).enumerate() {
-                        let tolerance = 8e-5 * (inputs as f32).sqrt();
+                        let tolerance = per_input * (inputs as f32).sqrt();
                         assert!(
                             (x - y).abs() <= tolerance,
-                            "{layout:?} {kernel:?} {rows}×{inputs}→{outputs} at {i}: {x} vs {y}"
+                            "{precision:?} {layout:?} {kernel:?} {rows}×{inputs}→{outputs} at {i}: {x} vs {y}"
                         );
                     }
                 }
@@ -1577,9 +1876,10 @@ mod tests {
             let input = values(rows * inputs, seed + 1);
             let initial = values(rows * outputs, seed + 2);
             let expected = naive(&input, &weight, &initial, inputs, outputs);
-            let matrix = PackedMatrix::new(&weight, inputs, outputs, precision);
             let mut results = Vec::new();
             for kernel in kernels() {
+                let shape = (inputs, outputs);
+                let matrix = packed(kernel, &weight, shape, precision, F32Layout::Panels);
                 let mut out = initial.clone();
                 run_with(kernel, &matrix, &input, &mut out);
                 for (i, (x, y)) in out.iter().zip(&expected).enumerate() {
@@ -1642,8 +1942,9 @@ mod tests {
         assert_eq!([at(2 * PANEL), at(2 * PANEL + 1)], [0.5, 0.0]);
         // Column 1 starts after column 0's pair.
         assert_eq!([at(2), at(3)], [3.0, 0.0]);
-        // Two panels are stored even for one column's worth.
-        assert_eq!(values.len(), 2 * 2 * 2 * PANEL);
+        // Two panels are stored even for one column's worth, each of one
+        // whole AMX step of pairs.
+        assert_eq!(values.len(), 2 * AMX_STEP_PAIRS * 2 * PANEL);
     }
 
     #[test]
@@ -1658,7 +1959,7 @@ mod tests {
             .collect();
         for kernel in kernels() {
             let rounded = bf16_rows(kernel, &input, 37);
-            assert_eq!(rounded.len(), 3 * 38);
+            assert_eq!(rounded.len(), 3 * 2 * bf16_pairs(37));
             for (i, (x, y)) in rounded.iter().zip(&expected).enumerate() {
                 let x = u32::from(x.to_bits());
                 if i == 5 {
@@ -1668,9 +1969,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(expected[38 + 3], u32::from(bf16::from_f32(1.0).to_bits()));
+        let row = 2 * bf16_pairs(37);
+        assert_eq!(expected[row + 3], u32::from(bf16::from_f32(1.0).to_bits()));
         assert_eq!(
-            expected[38 + 4],
+            expected[row + 4],
             u32::from(bf16::from_f32(-(1.0 + 4.0 / 256.0)).to_bits())
         );
     }
@@ -1678,7 +1980,13 @@ mod tests {
     #[test]
     fn int8_weights_round_to_their_column_scale() {
         let weight = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0];
-        let matrix = PackedMatrix::new(&weight, 3, 2, WeightPrecision::Int8);
+        let matrix = packed(
+            Kernel::Portable,
+            &weight,
+            (3, 2),
+            WeightPrecision::Int8,
+            F32Layout::Panels,
+        );
         let Values::Int8 { values, scales } = &matrix.values else {
             panic!("not int8");
         };
@@ -1713,7 +2021,7 @@ mod tests {
     #[test]
     fn quantised_rows_keep_zero_rows_at_zero() {
         let input = [0.0, 0.0, 0.0, 1.0, -0.5, 0.25];
-        let (q, scales) = quantise_rows(&input, 3);
+        let (q, scales) = quantise_rows(&input, 3, 4);
         // -0.5·32767 = -16383.5 rounds to even.
         assert_eq!(q, vec![0, 0, 0, 0, 32767, -16384, 8192, 0]);
         assert_eq!(scales, vec![0.0, 1.0 / 32767.0]);
@@ -1732,7 +2040,6 @@ mod tests {
     fn int8_passes_nan_and_infinity_on_to_their_rows() {
         let (inputs, outputs) = (4, 3);
         let weight = values(inputs * outputs, 9);
-        let matrix = PackedMatrix::new(&weight, inputs, outputs, WeightPrecision::Int8);
         let input = [
             0.5,
             f32::NAN,
@@ -1748,6 +2055,14 @@ mod tests {
             0.0,
         ];
         for kernel in kernels() {
+            let shape = (inputs, outputs);
+            let matrix = packed(
+                kernel,
+                &weight,
+                shape,
+                WeightPrecision::Int8,
+                F32Layout::Panels,
+            );
             let mut out = vec![0.0; 3 * outputs];
             run_with(kernel, &matrix, &input, &mut out);
             assert!(

@@ -69,6 +69,10 @@ impl Dense {
         self.weight.outputs()
     }
 
+    pub fn precision(&self) -> WeightPrecision {
+        self.weight.precision()
+    }
+
     /// `out = input·Wᵀ + b (+ residual)` for `input` of `rows × inputs`;
     /// `out` is resized to `rows × outputs`.
     pub fn forward(

@@ -53,6 +53,10 @@ pub struct ModelInfo {
     pub device: String,
     pub dtype: String,
     pub encoder: EncoderKind,
+    /// What the dense layers run on: `AMX`, `AVX-512`, `AVX-512 (gemm)`,
+    /// `AVX2` or `portable` for the native encoder on the CPU (chosen at
+    /// run time for this CPU and precision), `candle` for Candle's ops.
+    pub kernels: &'static str,
     /// Threads the CPU work runs on.
     pub threads: usize,
     pub load_time: Duration,
@@ -108,6 +112,7 @@ impl Embedder {
             device: device_name(&device),
             dtype: precision.name().to_string(),
             encoder: options.encoder,
+            kernels: encoder.kernels(),
             threads: threads
                 .as_ref()
                 .map_or_else(rayon::current_num_threads, |pool| {

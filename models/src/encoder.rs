@@ -103,6 +103,17 @@ impl Encoder {
         Ok((encoder, parameter_count(config)))
     }
 
+    /// What the dense layers run on (see `ModelInfo::kernels`).
+    pub(crate) fn kernels(&self) -> &'static str {
+        match self {
+            Encoder::Native(encoder) => match encoder.cpu_kernels() {
+                Some(precision) => pulse_kernels::matmul::kernel_path(precision),
+                None => "candle",
+            },
+            Encoder::CandleReference(_) => "candle",
+        }
+    }
+
     /// Token states, `batch × seq × hidden`.
     pub(crate) fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
         Ok(match self {
@@ -222,6 +233,17 @@ struct CpuLayers {
     layers: Vec<CpuLayer>,
     /// Working buffers of earlier passes, for the next ones to reuse.
     spare: Mutex<Vec<LayerBuffers>>,
+}
+
+impl NativeEncoder {
+    /// The precision of the dense weights when pulse-kernels' CPU layer
+    /// runs them.
+    fn cpu_kernels(&self) -> Option<WeightPrecision> {
+        match &self.layers {
+            Layers::Cpu(cpu) => cpu.layers.first().map(|layer| layer.qkv.precision()),
+            Layers::Tensors(_) => None,
+        }
+    }
 }
 
 /// The CPU layers' working values, kept from one forward pass to the next:

@@ -246,6 +246,7 @@ pub fn model_info(model: &ServedModel) -> pb::ModelInfo {
         loaded_from: info.dir.display().to_string(),
         revision: info.revision.clone().unwrap_or_default(),
         parameters: info.parameters as u64,
+        kernels: info.kernels.to_string(),
     }
 }
 

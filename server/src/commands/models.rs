@@ -43,6 +43,7 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<ExitCode> {
                 "device": info.device,
                 "dtype": info.dtype,
                 "encoder": info.encoder.to_string(),
+                "kernels": info.kernels,
                 "threads": info.threads,
                 "load_ms": info.load_time.as_millis() as u64,
             });

@@ -37,7 +37,7 @@
 //! sums (an activation) while they are in that core's cache.
 
 #[cfg(target_arch = "x86_64")]
-mod amx;
+pub(crate) mod amx;
 
 use crate::disjoint::DisjointWrites;
 use crate::vector_math;
@@ -367,6 +367,7 @@ impl PackedMatrix {
                                     at: c.cast(),
                                     stride: 4 * self.outputs,
                                 },
+                                amx::Start::Output,
                             )
                         }
                     },
@@ -895,8 +896,22 @@ fn quantise_rows(input: &[f32], inputs: usize, padded: usize) -> (Vec<i16>, Vec<
 /// multiplies apart: x = 256·high + low, exactly.
 #[cfg(target_arch = "x86_64")]
 fn split_bytes(values: &[i16]) -> (Vec<i8>, Vec<u8>) {
-    let high = values.iter().map(|&x| (x >> 8) as i8).collect();
-    let low = values.iter().map(|&x| x as u8).collect();
+    // Across the threads for a big input, as `convert_rows`.
+    const CHUNK: usize = 1 << 14;
+    let (mut high, mut low) = (vec![0; values.len()], vec![0; values.len()]);
+    let split = |((high, low), values): ((&mut [i8], &mut [u8]), &[i16])| {
+        for ((h, l), &x) in high.iter_mut().zip(low.iter_mut()).zip(values) {
+            (*h, *l) = ((x >> 8) as i8, x as u8);
+        }
+    };
+    if values.len() < PARALLEL_WORK / 4 {
+        split(((&mut high, &mut low), values));
+    } else {
+        high.par_chunks_mut(CHUNK)
+            .zip(low.par_chunks_mut(CHUNK))
+            .zip(values.par_chunks(CHUNK))
+            .for_each(split);
+    }
     (high, low)
 }
 
@@ -1059,6 +1074,11 @@ pub fn bf16_runs_fast() -> bool {
         return true;
     }
     false
+}
+
+/// Whether this CPU runs AMX tiles (with the AVX-512 around them).
+pub(crate) fn amx_runs() -> bool {
+    Kernel::detect().is_amx()
 }
 
 /// The instructions the dense layers of `precision` run on, on this CPU:

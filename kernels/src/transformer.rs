@@ -231,6 +231,37 @@ impl LayerNorm {
     }
 }
 
+/// What attention's two products (queries × keys, probabilities × values)
+/// take in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionProducts {
+    F32,
+    /// bfloat16 inputs summed in f32 on AMX tiles, where the CPU has them
+    /// and the head size is a multiple of 32; f32 elsewhere. The encoder's
+    /// bf16 and int8 layers take them so.
+    Bf16,
+}
+
+impl AttentionProducts {
+    /// Whether heads of `head_dim` values run on AMX in this precision here.
+    fn on_amx(self, head_dim: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == AttentionProducts::Bf16 {
+            return crate::matmul::amx_runs() && crate::matmul::amx::runs_head_dim(head_dim);
+        }
+        let _ = head_dim;
+        false
+    }
+}
+
+/// One attention job's working buffers, kept by each thread.
+#[derive(Default)]
+struct AttentionScratch {
+    scores: Vec<f32>,
+    #[cfg(target_arch = "x86_64")]
+    amx: crate::matmul::amx::AttentionScratch,
+}
+
 /// Multi-head self-attention over packed sequences.
 ///
 /// `qkv` is `tokens × 3·hidden` (queries, keys, values side by side, heads
@@ -243,6 +274,7 @@ pub fn attention(
     lengths: &[usize],
     heads: usize,
     head_dim: usize,
+    products: AttentionProducts,
     context: &mut Vec<f32>,
 ) -> Result<()> {
     let hidden = heads * head_dim;
@@ -259,21 +291,51 @@ pub fn attention(
         .collect();
     let out = DisjointWrites::new(context);
     let qkv_row = 3 * hidden;
+    let on_amx = products.on_amx(head_dim);
     (0..lengths.len() * heads).into_par_iter().for_each_init(
-        Vec::new,
-        |scores: &mut Vec<f32>, job| {
+        AttentionScratch::default,
+        |scratch, job| {
             let (sequence, head) = (job / heads, job % heads);
             let (start, len) = (starts[sequence], lengths[sequence]);
             if len == 0 {
                 return;
             }
+            let base = start * 3 * hidden + head * head_dim;
+            #[cfg(target_arch = "x86_64")]
+            if on_amx {
+                use crate::matmul::amx::{Rows, attention_job};
+                let part = |offset: usize| Rows {
+                    at: qkv[base + offset..].as_ptr(),
+                    stride: qkv_row,
+                };
+                let out = Rows {
+                    at: out.at(start * hidden + head * head_dim),
+                    stride: hidden,
+                };
+                // SAFETY: AMX and AVX-512 BF16 run here and the head size
+                // is whole steps (`on_amx`); rows start..start+len of `qkv`
+                // exist and each head's columns lie inside a row; the
+                // context block is this job's alone (as below).
+                unsafe {
+                    attention_job(
+                        len,
+                        head_dim,
+                        (part(0), part(hidden), part(2 * hidden)),
+                        out,
+                        &mut scratch.amx,
+                        softmax_in_place,
+                    )
+                };
+                return;
+            }
+            debug_assert!(!on_amx);
+            let scores = &mut scratch.scores;
             // gemm writes every score without reading the buffer, so it only
             // grows, and is never cleared.
             if scores.len() < len * len {
                 scores.resize(len * len, 0.0);
             }
             let scores = &mut scores[..len * len];
-            let base = start * 3 * hidden + head * head_dim;
             let (queries, keys, values) = (
                 &qkv[base..],
                 &qkv[base + hidden..],
@@ -451,15 +513,34 @@ mod tests {
     fn attention_keeps_sequences_apart() {
         // Heads narrower than a panel, and heads and sequences spanning
         // several panels and strips.
-        let shapes: [(usize, usize, &[usize]); 2] = [(3, 5, &[4, 1, 0, 9]), (2, 20, &[37, 3])];
-        for (heads, head_dim, lengths) in shapes {
+        // Heads of 32 and 64 run on AMX in bf16 where the CPU has it:
+        // partial tiles of queries and keys, odd key counts.
+        let shapes: [(usize, usize, &[usize]); 4] = [
+            (3, 5, &[4, 1, 0, 9]),
+            (2, 20, &[37, 3]),
+            (3, 32, &[1, 17, 0, 40, 33]),
+            (2, 64, &[70, 16, 5]),
+        ];
+        if !AttentionProducts::Bf16.on_amx(32) {
+            eprintln!("skipped: attention on AMX (no AMX, or Linux refused its tiles)");
+        }
+        // bf16 rounds each query, key, probability and value to 2⁻⁹ of
+        // itself; the outputs are weighted means of values in [-1, 1].
+        let runs = [
+            (AttentionProducts::F32, 1e-5),
+            (AttentionProducts::Bf16, 2e-2),
+        ];
+        for ((heads, head_dim, lengths), (products, tolerance)) in shapes
+            .into_iter()
+            .flat_map(|shape| runs.map(|run| (shape, run)))
+        {
             let hidden = heads * head_dim;
             let tokens: usize = lengths.iter().sum();
             let qkv = values(tokens * 3 * hidden, 7);
             // A buffer kept from an earlier layer: every value must be
             // written.
             let mut context = vec![f32::NAN; tokens * hidden];
-            attention(&qkv, lengths, heads, head_dim, &mut context).unwrap();
+            attention(&qkv, lengths, heads, head_dim, products, &mut context).unwrap();
             let mut start = 0;
             for &len in lengths {
                 for head in 0..heads {
@@ -474,12 +555,14 @@ mod tests {
                     let expected = naive_attention(&part(0), &part(1), &part(2));
                     for (i, row) in expected.iter().enumerate() {
                         let at = (start + i) * hidden + head * head_dim;
-                        assert_close(&context[at..at + head_dim], row, 1e-5);
+                        assert_close(&context[at..at + head_dim], row, tolerance);
                     }
                 }
                 start += len;
             }
-            assert!(attention(&qkv[1..], lengths, heads, head_dim, &mut context).is_err());
+            assert!(
+                attention(&qkv[1..], lengths, heads, head_dim, products, &mut context).is_err()
+            );
         }
     }
 }

@@ -8,7 +8,9 @@ use crate::source::{PYTORCH_FILE, SAFETENSORS_FILE};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::bert::{self, BertModel, HiddenAct};
-use pulse_kernels::transformer::{self as kernels, Activation, Dense, WeightPrecision};
+use pulse_kernels::transformer::{
+    self as kernels, Activation, AttentionProducts, Dense, WeightPrecision,
+};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -429,7 +431,13 @@ impl NativeEncoder {
         } = &mut buffers;
         for layer in &layers.layers {
             layer.qkv.forward(&hidden, None, qkv)?;
-            kernels::attention(qkv, lengths, self.heads, self.head_dim, context)?;
+            // Layers in a reduced precision take attention's products in
+            // bf16 too (on AMX, where the CPU has it).
+            let products = match layer.qkv.precision() {
+                WeightPrecision::F32 => AttentionProducts::F32,
+                WeightPrecision::Bf16 | WeightPrecision::Int8 => AttentionProducts::Bf16,
+            };
+            kernels::attention(qkv, lengths, self.heads, self.head_dim, products, context)?;
             layer
                 .attention_out
                 .forward(context, Some(&hidden), attended)?;

@@ -146,7 +146,7 @@ fn reduced_precisions_stay_close_to_sentence_transformers() {
         };
         assert_eq!(embedder.info().dtype, name);
         let parity = Parity::of(&cases, &embed_mixed(&embedder, &cases, 13));
-        eprintln!("{name}: {parity}");
+        eprintln!("{name} on {}: {parity}", embedder.info().kernels);
         assert!(parity.lowest >= 0.999, "{name}: {parity}");
     }
 }

@@ -297,7 +297,8 @@ pub struct EngineArgs {
     pub device: DeviceSpec,
     /// auto (f32 on CPU, f16 on CUDA), f32, f16, bf16, or int8. On the CPU,
     /// bf16 and int8 hold the dense layers' weights in that precision (bf16
-    /// needs AVX-512 BF16; int8 runs on any CPU, not on CUDA).
+    /// needs AVX-512 BF16; int8 runs on any CPU, not on CUDA; both run on
+    /// AMX tiles where the CPU has them).
     #[arg(long, env = "PULSE_DTYPE", default_value = "auto")]
     pub dtype: DTypeSpec,
     /// Threads for each model's CPU forward pass [default: all cores].

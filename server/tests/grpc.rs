@@ -276,6 +276,12 @@ async fn models_health_and_reflection_describe_the_server() {
         ),
         ("cpu", "f32", "mean")
     );
+    // The CPU kernels pulse chose for this CPU, never Candle's, in f32.
+    assert!(
+        ["AVX-512", "AVX-512 (gemm)", "AVX2", "portable"].contains(&info.kernels.as_str()),
+        "{}",
+        info.kernels
+    );
     let default = models
         .get_model(pb::GetModelRequest::default())
         .await

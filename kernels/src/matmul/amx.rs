@@ -22,9 +22,10 @@
 //!   panel's 16 pairs × 16 columns × 2 are one 1 KiB B tile, already in
 //!   the pair-interleaved layout `tdpbf16ps` wants).
 //! - **int8**: the activations keep their 16-bit quantisation: each value
-//!   x is split into a signed high byte and an unsigned low byte (x = 256·h
-//!   + l, exactly), multiplied by `tdpbssd` and `tdpbusd` against the same
-//!   int8 weights (stored in quads, `[panel][quad][column][4]`, as the
+//!   x is split into a signed high byte h and an unsigned low byte l,
+//!   with x = 256·h + l exactly, multiplied by `tdpbssd` and `tdpbusd`
+//!   against the same int8 weights (stored in quads,
+//!   `[panel][quad][column][4]`, as the
 //!   instructions read them), and recombined as 256·Σh·w + Σl·w in i32 for
 //!   each group of 64 inputs before its scales apply. So int8 on AMX
 //!   computes what the AVX-512 and AVX2 int8 kernels compute, the same
@@ -250,8 +251,8 @@ unsafe fn dot_bf16(sum: usize) {
     }
 }
 
-/// int8: high-byte sums of panel j += tmm4 (signed) · tmm(6 + j), low-byte
-/// sums += tmm5 (unsigned) · tmm(6 + j).
+/// int8: high-byte sums of panel j (tmm j) += tmm4 (signed) · tmm(6 + j),
+/// low-byte sums (tmm 2 + j) += tmm5 (unsigned) · tmm(6 + j).
 ///
 /// # Safety
 /// The tiles are configured with matching shapes.
@@ -283,7 +284,15 @@ pub(super) struct Strided<P> {
     pub stride: usize,
 }
 
-/// `c += a · b` over one block: `a` holds the rows' bf16 activations
+/// What a block's sums start from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// The values `c` holds (a bias, a residual).
+    Output,
+    Zero,
+}
+
+/// `c = start + a · b` over one block: `a` holds the rows' bf16 values
 /// (`steps` × 16 pairs each, zero-padded), `b` the first panel's pairs
 /// (the second `b.stride` bytes on), `c` the f32 output of `rows[i]` rows
 /// per row tile and `columns[j]` per panel.
@@ -291,6 +300,7 @@ pub(super) struct Strided<P> {
 /// # Safety
 /// [`granted`]; every row and panel addressed so lies in its buffer, and
 /// this thread alone touches `c`'s block.
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn bf16_block(
     rows: [u8; 2],
     columns: [u8; 2],
@@ -298,6 +308,7 @@ pub(super) unsafe fn bf16_block(
     a: Strided<*const u8>,
     b: Strided<*const u8>,
     c: Strided<*mut u8>,
+    start: Start,
 ) {
     Shape::Bf16 { rows, columns }.configure();
     let row_tiles = if rows[1] > 0 { 2 } else { 1 };
@@ -308,7 +319,10 @@ pub(super) unsafe fn bf16_block(
     unsafe {
         for i in 0..row_tiles {
             for j in 0..panels {
-                load(2 * i + j, sum_at(i, j), c.stride);
+                match start {
+                    Start::Output => load(2 * i + j, sum_at(i, j), c.stride),
+                    Start::Zero => zero(2 * i + j),
+                }
             }
         }
         for step in 0..steps {
@@ -351,6 +365,10 @@ pub(super) struct SplitRows {
 /// quads (the second `b.stride` bytes on), `column_scales` the first
 /// panel's scales (`[group][column]`, the second `scales_stride` values on).
 ///
+/// A panel at a time, its 16 rows' sums in 16 registers across the groups:
+/// each group adds column scale × its integer sums, and the row scale,
+/// the same for every group, is applied once at the end.
+///
 /// # Safety
 /// [`granted`] and AVX-512F; every row, panel and scale addressed so lies
 /// in its buffer, and this thread alone touches `c`'s block.
@@ -365,47 +383,265 @@ pub(super) unsafe fn int8_block(
     column_scales: Strided<*const f32>,
     c: Strided<*mut f32>,
 ) {
-    Shape::Int8 { rows, columns }.configure();
-    let panels = if columns[1] > 0 { 2 } else { 1 };
-    // The four sum tiles as stored: [high/low][panel][row][column].
-    let mut sums = [[[[0i32; PANEL]; TILE_ROWS]; 2]; 2];
+    // The two sum tiles as stored: [high/low][row][column].
+    let mut sums = [[[0i32; PANEL]; TILE_ROWS]; 2];
     let sums_stride = PANEL * 4;
     let c_stride = c.stride / 4;
-    // SAFETY: the caller's promise on every address below; the shapes were
-    // configured above.
-    unsafe {
-        for group in 0..groups {
-            for j in 0..panels {
-                zero(j);
-                zero(2 + j);
-            }
-            load(4, a.high.add(group * INT8_STEP_INPUTS).cast(), a.stride);
-            load(5, a.low.add(group * INT8_STEP_INPUTS).cast(), a.stride);
-            for j in 0..panels {
-                let at = b.at.add(j * b.stride + group * TILE_ROWS * TILE_BYTES);
-                load(6 + j, at.cast(), TILE_BYTES);
-                dot_int8(j);
-            }
-            for j in 0..panels {
-                store(j, sums[0][j].as_mut_ptr().cast(), sums_stride);
-                store(2 + j, sums[1][j].as_mut_ptr().cast(), sums_stride);
-            }
-            for j in 0..panels {
+    for (j, &width) in columns.iter().enumerate().filter(|(_, width)| **width > 0) {
+        Shape::Int8 {
+            rows,
+            columns: [width, 0],
+        }
+        .configure();
+        let mut totals = [_mm512_setzero_ps(); TILE_ROWS];
+        // SAFETY: the caller's promise on every address below; the shape was
+        // configured above.
+        unsafe {
+            for group in 0..groups {
+                zero(0);
+                zero(2);
+                load(4, a.high.add(group * INT8_STEP_INPUTS).cast(), a.stride);
+                load(5, a.low.add(group * INT8_STEP_INPUTS).cast(), a.stride);
+                let weights = b.at.add(j * b.stride + group * TILE_ROWS * TILE_BYTES);
+                load(6, weights.cast(), TILE_BYTES);
+                dot_int8(0);
+                store(0, sums[0].as_mut_ptr().cast(), sums_stride);
+                store(2, sums[1].as_mut_ptr().cast(), sums_stride);
                 let scale = column_scales
                     .at
                     .add(j * column_scales.stride + group * PANEL);
                 let column_scale = _mm512_loadu_ps(scale);
-                for r in 0..usize::from(rows) {
-                    let high = _mm512_loadu_si512(sums[0][j][r].as_ptr().cast());
-                    let low = _mm512_loadu_si512(sums[1][j][r].as_ptr().cast());
+                // Rows past `rows` sum stale values that are never stored.
+                for (r, total) in totals.iter_mut().enumerate() {
+                    let high = _mm512_loadu_si512(sums[0][r].as_ptr().cast());
+                    let low = _mm512_loadu_si512(sums[1][r].as_ptr().cast());
                     let sum = _mm512_add_epi32(_mm512_slli_epi32::<8>(high), low);
-                    let scale = _mm512_mul_ps(column_scale, _mm512_set1_ps(*a.scales.add(r)));
-                    let out = c.at.add(r * c_stride + j * PANEL);
-                    let mask = (1u32 << columns[j]).wrapping_sub(1) as u16;
-                    let previous = _mm512_maskz_loadu_ps(mask, out);
-                    let value = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, previous);
-                    _mm512_mask_storeu_ps(out, mask, value);
+                    *total = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), column_scale, *total);
                 }
+            }
+            let mask = (1u32 << width).wrapping_sub(1) as u16;
+            for (r, total) in totals.iter().enumerate().take(usize::from(rows)) {
+                let out = c.at.add(r * c_stride + j * PANEL);
+                let row_scale = _mm512_set1_ps(*a.scales.add(r));
+                let previous = _mm512_maskz_loadu_ps(mask, out);
+                _mm512_mask_storeu_ps(out, mask, _mm512_fmadd_ps(*total, row_scale, previous));
+            }
+        }
+    }
+}
+
+/// Whether [`attention_job`] runs heads of `head_dim` values: whole
+/// steps of 32, for the scores' products.
+pub(crate) fn runs_head_dim(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(2 * super::AMX_STEP_PAIRS)
+}
+
+/// One thread's buffers for [`attention_job`], kept between jobs.
+#[derive(Default)]
+pub(crate) struct AttentionScratch {
+    /// The queries in bf16, `len × head_dim`.
+    queries: Vec<u16>,
+    /// Keys or values in bf16, row by row, before they are interleaved.
+    rows: Vec<u16>,
+    /// The keys as the scores' B tiles: `[key tile][dim step][pair][key]`,
+    /// each a pair of bf16 in a u32.
+    keys: Vec<u32>,
+    /// The values as the context's B tiles: `[dim panel][key step][key
+    /// pair][dim]`, each a pair of bf16 in a u32; zero past the last key.
+    values: Vec<u32>,
+    /// `len × padded` f32.
+    scores: Vec<f32>,
+    /// The softmax of the scores in bf16, `len × padded`, zero past `len`.
+    probabilities: Vec<u16>,
+}
+
+/// Rows of f32 from `at`, `stride` values apart.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<P> {
+    pub at: P,
+    pub stride: usize,
+}
+
+/// One (sequence, head) of attention with both products on AMX tiles, in
+/// bf16 with f32 sums: `out = softmax(q·kᵀ) · v` for `len` tokens of
+/// `head_dim` values (the queries already scaled). `softmax` maps a row of
+/// scores in place.
+///
+/// # Safety
+/// [`granted`] and AVX-512 BF16; [`runs_head_dim`]; `q`, `k` and `v` hold
+/// `len` rows of `head_dim` values and `out` as many, which no other
+/// thread touches meanwhile.
+pub(crate) unsafe fn attention_job(
+    len: usize,
+    head_dim: usize,
+    (q, k, v): (Rows<*const f32>, Rows<*const f32>, Rows<*const f32>),
+    out: Rows<*mut f32>,
+    scratch: &mut AttentionScratch,
+    softmax: impl Fn(&mut [f32]),
+) {
+    let tile = TILE_ROWS;
+    let pair_steps = head_dim / (2 * super::AMX_STEP_PAIRS);
+    let padded = len.next_multiple_of(2 * super::AMX_STEP_PAIRS);
+    let key_tiles = len.div_ceil(tile);
+    let row = |rows: Rows<*const f32>, r: usize| {
+        // SAFETY: the caller's promise: row r < len of head_dim values.
+        unsafe { std::slice::from_raw_parts(rows.at.add(r * rows.stride), head_dim) }
+    };
+    let to_bf16 = |from: &[f32], to: &mut [u16]| {
+        // SAFETY: AVX-512 BF16 (the caller's promise); bf16 is u16 bits.
+        unsafe {
+            super::avx512::round_to_bf16(
+                from,
+                std::slice::from_raw_parts_mut(to.as_mut_ptr().cast(), to.len()),
+            )
+        }
+    };
+    let pair =
+        |values: &[u16], at: usize| u32::from(values[at]) | (u32::from(values[at + 1]) << 16);
+
+    scratch.queries.resize(len * head_dim, 0);
+    for (r, to) in scratch.queries.chunks_exact_mut(head_dim).enumerate() {
+        to_bf16(row(q, r), to);
+    }
+    // Keys: row n's pair p of dim step s goes to [n / 16][s][p][n % 16].
+    scratch.rows.resize(len * head_dim, 0);
+    for (r, to) in scratch.rows.chunks_exact_mut(head_dim).enumerate() {
+        to_bf16(row(k, r), to);
+    }
+    let pairs = head_dim / 2;
+    let tile_pairs = TILE_BYTES / 4;
+    scratch.keys.clear();
+    scratch
+        .keys
+        .resize(key_tiles * pair_steps * tile_pairs * tile, 0);
+    for n in 0..len {
+        for p in 0..pairs {
+            let (step, p_in) = (p / tile_pairs, p % tile_pairs);
+            let at = (((n / tile) * pair_steps + step) * tile_pairs + p_in) * tile + n % tile;
+            scratch.keys[at] = pair(&scratch.rows, n * head_dim + 2 * p);
+        }
+    }
+    // Values: keys 2p and 2p + 1 of dim d go to [d / 16][p / 16][p % 16][d % 16].
+    let key_steps = padded / (2 * tile_pairs);
+    let panels = head_dim / PANEL;
+    scratch.rows.clear();
+    scratch.rows.resize(padded * head_dim, 0);
+    for (r, to) in scratch
+        .rows
+        .chunks_exact_mut(head_dim)
+        .take(len)
+        .enumerate()
+    {
+        to_bf16(row(v, r), to);
+    }
+    scratch
+        .values
+        .resize(panels * key_steps * tile_pairs * PANEL, 0);
+    for p in 0..padded / 2 {
+        for d in 0..head_dim {
+            let at = (((d / PANEL) * key_steps + p / tile_pairs) * tile_pairs + p % tile_pairs)
+                * PANEL
+                + d % PANEL;
+            let (even, odd) = (
+                scratch.rows[2 * p * head_dim + d],
+                scratch.rows[(2 * p + 1) * head_dim + d],
+            );
+            scratch.values[at] = u32::from(even) | (u32::from(odd) << 16);
+        }
+    }
+    scratch.scores.resize(len * padded, 0.0);
+    scratch.probabilities.resize(len * padded, 0);
+
+    let tile_rows = |first: usize| (len - first).min(tile) as u8;
+    let block_rows = |first: usize| {
+        let second = first + tile;
+        [
+            tile_rows(first),
+            if second < len { tile_rows(second) } else { 0 },
+        ]
+    };
+    let key_tile_bytes = pair_steps * TILE_ROWS * TILE_BYTES;
+    for first in (0..len).step_by(2 * tile) {
+        // Scores of 32 queries against every key, two key tiles at a time.
+        for key_tile in (0..key_tiles).step_by(2) {
+            let columns = [
+                tile_rows(key_tile * tile),
+                if key_tile + 1 < key_tiles {
+                    tile_rows((key_tile + 1) * tile)
+                } else {
+                    0
+                },
+            ];
+            // SAFETY: the query rows and key tiles addressed exist in the
+            // scratch buffers sized above; the scores block is this job's.
+            unsafe {
+                bf16_block(
+                    block_rows(first),
+                    columns,
+                    pair_steps,
+                    Strided {
+                        at: scratch.queries.as_ptr().add(first * head_dim).cast(),
+                        stride: 2 * head_dim,
+                    },
+                    Strided {
+                        at: scratch
+                            .keys
+                            .as_ptr()
+                            .cast::<u8>()
+                            .add(key_tile * key_tile_bytes),
+                        stride: key_tile_bytes,
+                    },
+                    Strided {
+                        at: scratch
+                            .scores
+                            .as_mut_ptr()
+                            .add(first * padded + key_tile * tile)
+                            .cast(),
+                        stride: 4 * padded,
+                    },
+                    Start::Zero,
+                );
+            }
+        }
+        let rows = first..(first + 2 * tile).min(len);
+        for r in rows.clone() {
+            let scores = &mut scratch.scores[r * padded..r * padded + len];
+            softmax(scores);
+            let probabilities = &mut scratch.probabilities[r * padded..(r + 1) * padded];
+            to_bf16(scores, &mut probabilities[..len]);
+            probabilities[len..].fill(0);
+        }
+        // The context of those queries, two dim panels at a time.
+        let panel_bytes = key_steps * TILE_ROWS * TILE_BYTES;
+        for panel in (0..panels).step_by(2) {
+            let columns = [
+                PANEL as u8,
+                if panel + 1 < panels { PANEL as u8 } else { 0 },
+            ];
+            // SAFETY: as above; the output rows are the caller's.
+            unsafe {
+                bf16_block(
+                    block_rows(first),
+                    columns,
+                    key_steps,
+                    Strided {
+                        at: scratch.probabilities.as_ptr().add(first * padded).cast(),
+                        stride: 2 * padded,
+                    },
+                    Strided {
+                        at: scratch
+                            .values
+                            .as_ptr()
+                            .cast::<u8>()
+                            .add(panel * panel_bytes),
+                        stride: panel_bytes,
+                    },
+                    Strided {
+                        at: out.at.add(first * out.stride + panel * PANEL).cast(),
+                        stride: 4 * out.stride,
+                    },
+                    Start::Zero,
+                );
             }
         }
     }

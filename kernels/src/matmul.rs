@@ -385,9 +385,7 @@ impl PackedMatrix {
                 let panel_bytes = int8_quads(self.inputs) * 4 * PANEL;
                 let convert = |rows: Range<usize>, spread| {
                     let rows = &input[rows.start * self.inputs..rows.end * self.inputs];
-                    let (quantised, row_scales) = quantise_rows(rows, self.inputs, padded, spread);
-                    let (high, low) = split_bytes(&quantised);
-                    (high, low, row_scales)
+                    quantise_rows_in_bytes(rows, self.inputs, padded, spread)
                 };
                 self.for_each_amx_block(
                     rows,
@@ -395,7 +393,7 @@ impl PackedMatrix {
                     around,
                     amx::TILE_ROWS,
                     convert,
-                    |(high, low, row_scales), strip, panel, columns, c| {
+                    |(bytes, row_scales), strip, panel, columns, c| {
                         // SAFETY: AMX was granted and AVX-512F detected (the
                         // kernel's detection); the strip's rows hold `groups`
                         // groups each, the panels and their scales as many, and
@@ -406,9 +404,9 @@ impl PackedMatrix {
                                 columns,
                                 groups,
                                 amx::SplitRows {
-                                    high: high.as_ptr().add(strip.start * padded),
-                                    low: low.as_ptr().add(strip.start * padded),
-                                    stride: padded,
+                                    high: bytes.as_ptr().add(strip.start * 2 * padded).cast(),
+                                    low: bytes.as_ptr().add((2 * strip.start + 1) * padded),
+                                    stride: 2 * padded,
                                     scales: row_scales.as_ptr().add(strip.start),
                                 },
                                 amx::Strided {
@@ -913,20 +911,49 @@ fn quantise_rows(
     spread: Spread,
 ) -> (Vec<i16>, Vec<f32>) {
     convert_rows(input, inputs, padded, spread, 0, |row, quantised| {
-        let largest = largest_magnitude(row);
-        if !largest.is_finite() {
-            // The row's outputs become NaN, as they would in f32.
-            return f32::NAN;
-        }
-        if largest == 0.0 {
-            return 0.0;
-        }
-        let factor = ACTIVATION_MAX / largest;
-        vector_math::map_into(row, quantised, |v| {
-            vector_math::round_small(v * factor) as i16
-        });
-        largest / ACTIVATION_MAX
+        quantise_row(row, |factor| {
+            vector_math::map_into(row, quantised, |v| {
+                vector_math::round_small(v * factor) as i16
+            })
+        })
     })
+}
+
+/// As [`quantise_rows`], each 16-bit value x split into the high (signed)
+/// and low (unsigned) bytes that AMX multiplies apart (x = 256·high + low,
+/// exactly), written straight from the f32 row: a row is `2 · padded`
+/// bytes, its high bytes then its low ones.
+#[cfg(target_arch = "x86_64")]
+fn quantise_rows_in_bytes(
+    input: &[f32],
+    inputs: usize,
+    padded: usize,
+    spread: Spread,
+) -> (Vec<u8>, Vec<f32>) {
+    convert_rows(input, inputs, 2 * padded, spread, 0, |row, bytes| {
+        let (high, low) = bytes.split_at_mut(padded);
+        quantise_row(row, |factor| {
+            let quantised = move |v: f32| vector_math::round_small(v * factor) as i16;
+            vector_math::map_into(row, high, move |v| (quantised(v) >> 8) as u8);
+            vector_math::map_into(row, low, move |v| quantised(v) as u8);
+        })
+    })
+}
+
+/// Runs `quantise(factor)` with the factor that takes `row` to ±32767 and
+/// returns the scale back to f32; a row of zeros keeps its zeros and scale
+/// 0, one holding NaN or an infinity gets scale NaN (its outputs become
+/// NaN, as they would in f32).
+fn quantise_row(row: &[f32], quantise: impl FnOnce(f32)) -> f32 {
+    let largest = largest_magnitude(row);
+    if !largest.is_finite() {
+        return f32::NAN;
+    }
+    if largest == 0.0 {
+        return 0.0;
+    }
+    quantise(ACTIVATION_MAX / largest);
+    largest / ACTIVATION_MAX
 }
 
 /// Whether a conversion of activations may spread over rayon's threads
@@ -936,15 +963,6 @@ fn quantise_rows(
 enum Spread {
     Threads,
     No,
-}
-
-/// The high (signed) and low (unsigned) bytes of 16-bit values, which AMX
-/// multiplies apart: x = 256·high + low, exactly.
-#[cfg(target_arch = "x86_64")]
-fn split_bytes(values: &[i16]) -> (Vec<i8>, Vec<u8>) {
-    let high = values.iter().map(|&x| (x >> 8) as i8).collect();
-    let low = values.iter().map(|&x| x as u8).collect();
-    (high, low)
 }
 
 /// Each row rounded to bfloat16 (to nearest, ties to even), padded with
@@ -962,18 +980,20 @@ fn bf16_rows(kernel: Kernel, input: &[f32], inputs: usize, spread: Spread) -> Ve
             |row, rounded| match kernel {
                 // SAFETY: AVX-512 BF16 was detected.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 | Kernel::Amx => unsafe { avx512::round_to_bf16(row, rounded) },
+                Kernel::Avx512 | Kernel::Amx => unsafe {
+                    avx512::round_to_bf16(row, &mut rounded[..row.len()])
+                },
                 // half's scalar loop: small beside the portable tile's multiply.
-                _ => rounded.convert_from_f32_slice(row),
+                _ => rounded[..row.len()].convert_from_f32_slice(row),
             },
         );
     rounded
 }
 
-/// Converts each row of `input` (`inputs` values) into the first `inputs`
-/// of a row of `padded` values of `T` (the rest `zero`), the input pairs
-/// or steps the bf16 and int8 kernels read; returns the rows and what each
-/// conversion returned. With `Spread::Threads`, across rayon's threads for
+/// Converts each row of `input` (`inputs` values) by `convert(row, out)`
+/// into a row `out` of `padded` values of `T`, all `zero` before: the
+/// input pairs or steps the bf16 and int8 kernels read. Returns the rows
+/// and what each conversion returned. With `Spread::Threads`, across rayon's threads for
 /// a big input only: rayon's hand-off costs more than a short batch's few
 /// rows take.
 fn convert_rows<T: Copy + Send + Sync, R: Send>(
@@ -985,7 +1005,7 @@ fn convert_rows<T: Copy + Send + Sync, R: Send>(
     convert: impl Fn(&[f32], &mut [T]) -> R + Sync,
 ) -> (Vec<T>, Vec<R>) {
     let mut converted = vec![zero; input.len() / inputs * padded];
-    let row = |(out, row): (&mut [T], &[f32])| convert(row, &mut out[..inputs]);
+    let row = |(out, row): (&mut [T], &[f32])| convert(row, out);
     let results = if spread == Spread::No || input.len() < PARALLEL_WORK / 4 {
         converted
             .chunks_mut(padded)
@@ -1094,7 +1114,7 @@ impl F32Layout {
     /// kernels outrun the AVX2 tile.
     pub fn for_this_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && Kernel::detect().tile_panels() == 1 {
+        if std::arch::is_x86_feature_detected!("avx512f") && !Kernel::detect().has_avx512_tiles() {
             return F32Layout::Transposed;
         }
         F32Layout::Panels
@@ -1106,10 +1126,7 @@ impl F32Layout {
 /// tile, fit for tests only.
 pub fn bf16_runs_fast() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if Kernel::detect().tile_panels() == 2 {
-        return true;
-    }
-    false
+    Kernel::detect().has_avx512_tiles()
 }
 
 /// Whether this CPU runs AMX tiles (with the AVX-512 around them).
@@ -1201,13 +1218,19 @@ impl Kernel {
         Kernel::Portable
     }
 
+    /// Whether pulse's AVX-512 micro-kernels run (AMX's CPUs run them for
+    /// f32 and around the tiles).
+    fn has_avx512_tiles(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self, Kernel::Avx512 | Kernel::Amx) {
+            return true;
+        }
+        false
+    }
+
     /// Panels side by side in one register tile.
     fn tile_panels(self) -> usize {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 | Kernel::Amx => 2,
-            _ => 1,
-        }
+        if self.has_avx512_tiles() { 2 } else { 1 }
     }
 
     /// Whether int8 weights are packed in quads for AMX.

@@ -243,6 +243,15 @@ pub enum AttentionProducts {
 }
 
 impl AttentionProducts {
+    /// What a layer whose dense weights are in `precision` takes: bf16
+    /// for the reduced precisions, whose accuracy budget it fits.
+    pub fn for_weights(precision: WeightPrecision) -> Self {
+        match precision {
+            WeightPrecision::F32 => AttentionProducts::F32,
+            WeightPrecision::Bf16 | WeightPrecision::Int8 => AttentionProducts::Bf16,
+        }
+    }
+
     /// Whether heads of `head_dim` values run on AMX in this precision here.
     fn on_amx(self, head_dim: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -328,7 +337,6 @@ pub fn attention(
                 };
                 return;
             }
-            debug_assert!(!on_amx);
             let scores = &mut scratch.scores;
             // gemm writes every score without reading the buffer, so it only
             // grows, and is never cleared.

@@ -237,17 +237,6 @@ struct CpuLayers {
     spare: Mutex<Vec<LayerBuffers>>,
 }
 
-impl NativeEncoder {
-    /// The precision of the dense weights when pulse-kernels' CPU layer
-    /// runs them.
-    fn cpu_kernels(&self) -> Option<WeightPrecision> {
-        match &self.layers {
-            Layers::Cpu(cpu) => cpu.layers.first().map(|layer| layer.qkv.precision()),
-            Layers::Tensors(_) => None,
-        }
-    }
-}
-
 /// The CPU layers' working values, kept from one forward pass to the next:
 /// fresh, a 16 × 256-token batch's buffers were 56 MB of pages to fault in,
 /// zero and hand back on every pass.
@@ -300,6 +289,15 @@ struct CpuLayer {
 const PADDING_PENALTY: f64 = 10_000.0;
 
 impl NativeEncoder {
+    /// The precision of the dense weights when pulse-kernels' CPU layer
+    /// runs them.
+    fn cpu_kernels(&self) -> Option<WeightPrecision> {
+        match &self.layers {
+            Layers::Cpu(cpu) => cpu.layers.first().map(|layer| layer.qkv.precision()),
+            Layers::Tensors(_) => None,
+        }
+    }
+
     /// Bf16 and int8 `dense_weights` need the CPU layer, hence f32 on the
     /// CPU.
     fn load(vb: VarBuilder, config: &ModelConfig, dense_weights: WeightPrecision) -> Result<Self> {
@@ -431,12 +429,7 @@ impl NativeEncoder {
         } = &mut buffers;
         for layer in &layers.layers {
             layer.qkv.forward(&hidden, None, qkv)?;
-            // Layers in a reduced precision take attention's products in
-            // bf16 too (on AMX, where the CPU has it).
-            let products = match layer.qkv.precision() {
-                WeightPrecision::F32 => AttentionProducts::F32,
-                WeightPrecision::Bf16 | WeightPrecision::Int8 => AttentionProducts::Bf16,
-            };
+            let products = AttentionProducts::for_weights(layer.qkv.precision());
             kernels::attention(qkv, lengths, self.heads, self.head_dim, products, context)?;
             layer
                 .attention_out

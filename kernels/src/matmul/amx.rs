@@ -363,7 +363,8 @@ pub(super) struct SplitRows {
 /// `rows` rows and `columns[j]` columns per panel: `a` the activations'
 /// bytes (`groups` × 64 inputs each, zero-padded), `b` the first panel's
 /// quads (the second `b.stride` bytes on), `column_scales` the first
-/// panel's scales (`[group][column]`, the second `scales_stride` values on).
+/// panel's scales (`[group][column]`, the second `column_scales.stride`
+/// values on).
 ///
 /// A panel at a time, its 16 rows' sums in 16 registers across the groups:
 /// each group adds column scale × its integer sums, and the row scale,
@@ -496,8 +497,8 @@ pub(crate) unsafe fn attention_job(
             )
         }
     };
-    let pair =
-        |values: &[u16], at: usize| u32::from(values[at]) | (u32::from(values[at + 1]) << 16);
+    // Two bf16 side by side, the first in the low half: a B tile's pair.
+    let pair = |first: u16, second: u16| u32::from(first) | (u32::from(second) << 16);
 
     scratch.queries.resize(len * head_dim, 0);
     for (r, to) in scratch.queries.chunks_exact_mut(head_dim).enumerate() {
@@ -518,7 +519,8 @@ pub(crate) unsafe fn attention_job(
         for p in 0..pairs {
             let (step, p_in) = (p / tile_pairs, p % tile_pairs);
             let at = (((n / tile) * pair_steps + step) * tile_pairs + p_in) * tile + n % tile;
-            scratch.keys[at] = pair(&scratch.rows, n * head_dim + 2 * p);
+            let first = n * head_dim + 2 * p;
+            scratch.keys[at] = pair(scratch.rows[first], scratch.rows[first + 1]);
         }
     }
     // Values: keys 2p and 2p + 1 of dim d go to [d / 16][p / 16][p % 16][d % 16].
@@ -542,11 +544,10 @@ pub(crate) unsafe fn attention_job(
             let at = (((d / PANEL) * key_steps + p / tile_pairs) * tile_pairs + p % tile_pairs)
                 * PANEL
                 + d % PANEL;
-            let (even, odd) = (
+            scratch.values[at] = pair(
                 scratch.rows[2 * p * head_dim + d],
                 scratch.rows[(2 * p + 1) * head_dim + d],
             );
-            scratch.values[at] = u32::from(even) | (u32::from(odd) << 16);
         }
     }
     scratch.scores.resize(len * padded, 0.0);

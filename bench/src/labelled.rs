@@ -1,6 +1,8 @@
 //! Labelled short texts for judging embeddings: a directory in the layout
 //! of Debian's `fortunes` package (one file per category, entries separated
-//! by a line holding `%`) or a JSON-lines file of `{"label": …, "text": …}`.
+//! by a line holding `%`), a WordNet dictionary directory (one gloss per
+//! synset, labelled with its lexicographer file, e.g. `noun.animal`), or a
+//! JSON-lines file of `{"label": …, "text": …}`.
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -8,6 +10,9 @@ use std::path::Path;
 
 /// Where `scripts/fetch-fortunes` puts Debian's `fortunes`.
 pub const FORTUNES: &str = "/usr/share/games/fortunes";
+
+/// Where `scripts/fetch-wordnet` puts Debian's `wordnet-base`.
+pub const WORDNET: &str = "/usr/share/wordnet";
 
 /// One text and its label; also one line of the JSON-lines layout.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -17,12 +22,15 @@ pub struct LabelledText {
 }
 
 /// Every `stride`-th text of the set at `path`, in a stable order
-/// (categories sorted by name, entries in file order).
+/// (fortunes: categories sorted by name, entries in file order; WordNet:
+/// nouns, verbs, adjectives, adverbs, synsets in file order).
 pub fn load(path: &Path, stride: usize) -> anyhow::Result<Vec<LabelledText>> {
     if stride == 0 {
         bail!("the stride must be at least 1");
     }
-    let all = if path.is_dir() {
+    let all = if path.join("data.noun").is_file() {
+        from_wordnet(path)?
+    } else if path.is_dir() {
         from_directory(path)?
     } else {
         from_json_lines(path)?
@@ -64,6 +72,104 @@ fn from_directory(dir: &Path) -> anyhow::Result<Vec<LabelledText>> {
     Ok(all)
 }
 
+/// WordNet 3.0's lexicographer file names, indexed by a synset's
+/// `lex_filenum` (lexnames(5WN); Debian's package ships no `lexnames` file).
+const LEXNAMES: [&str; 45] = [
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+];
+
+/// One text per synset: its gloss without the usage examples, labelled with
+/// its lexicographer file. A missing `data.*` other than `data.noun` is
+/// skipped, so a partial dictionary still loads.
+fn from_wordnet(dir: &Path) -> anyhow::Result<Vec<LabelledText>> {
+    let mut all = Vec::new();
+    for pos in ["noun", "verb", "adj", "adv"] {
+        let path = dir.join(format!("data.{pos}"));
+        if pos != "noun" && !path.exists() {
+            continue;
+        }
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+            // The licence header's lines start with two spaces.
+            if line.starts_with("  ") || line.trim().is_empty() {
+                continue;
+            }
+            let synset =
+                wordnet_synset(line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
+            all.push(synset);
+        }
+    }
+    Ok(all)
+}
+
+fn wordnet_synset(line: &str) -> anyhow::Result<LabelledText> {
+    let Some((fields, gloss)) = line.split_once(" | ") else {
+        bail!("a synset with no gloss (no ` | `)");
+    };
+    let Some(number) = fields.split(' ').nth(1) else {
+        bail!("a synset with no lex_filenum field");
+    };
+    let label = number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| LEXNAMES.get(n))
+        .with_context(|| format!("unknown lex_filenum {number:?}"))?;
+    let definition = gloss.split_once("; \"").map_or(gloss, |(d, _)| d);
+    Ok(LabelledText {
+        label: label.to_string(),
+        text: definition
+            .trim()
+            .trim_end_matches(';')
+            .trim_end()
+            .to_string(),
+    })
+}
+
 fn from_json_lines(path: &Path) -> anyhow::Result<Vec<LabelledText>> {
     let content =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -99,6 +205,13 @@ pub fn label_ids(texts: &[LabelledText]) -> Vec<i64> {
 mod tests {
     use super::*;
 
+    fn pairs(texts: &[LabelledText]) -> Vec<(&str, &str)> {
+        texts
+            .iter()
+            .map(|t| (t.label.as_str(), t.text.as_str()))
+            .collect()
+    }
+
     #[test]
     fn reads_fortune_files_and_skips_their_indexes() {
         let dir = tempfile::tempdir().unwrap();
@@ -106,12 +219,8 @@ mod tests {
         std::fs::write(dir.path().join("art"), "Paint\nwell.\n%\n\n%\nSing.\n").unwrap();
         std::fs::write(dir.path().join("art.dat"), [0u8, 1, 2]).unwrap();
         let texts = load(dir.path(), 1).unwrap();
-        let pairs: Vec<(&str, &str)> = texts
-            .iter()
-            .map(|t| (t.label.as_str(), t.text.as_str()))
-            .collect();
         assert_eq!(
-            pairs,
+            pairs(&texts),
             [
                 ("art", "Paint\nwell."),
                 ("art", "Sing."),
@@ -139,5 +248,64 @@ mod tests {
         std::fs::write(&path, "").unwrap();
         assert!(load(&path, 1).is_err());
         assert!(load(&path, 0).is_err());
+    }
+
+    const WORDNET_HEADER: &str = "  1 This software and database is provided | as is  \n  2   \n";
+
+    #[test]
+    fn reads_wordnet_glosses_without_their_examples() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("data.verb"),
+            format!(
+                "{WORDNET_HEADER}00001740 29 v 01 breathe 0 000 | draw air into, and expel out of, \
+                 the lungs; \"I can breathe\"; \"She breathes\"  \n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("data.noun"),
+            format!(
+                "{WORDNET_HEADER}00001740 03 n 01 entity 0 000 | that which exists  \n\
+                 01234567 05 n 01 dog 0 000 | a domestic animal; kept as a pet;  \n"
+            ),
+        )
+        .unwrap();
+        // A fortunes-like file beside them must not turn the directory into fortunes.
+        std::fs::write(dir.path().join("lexnames"), "ignored\n").unwrap();
+        let texts = load(dir.path(), 1).unwrap();
+        assert_eq!(
+            pairs(&texts),
+            [
+                ("noun.Tops", "that which exists"),
+                ("noun.animal", "a domestic animal; kept as a pet"),
+                ("verb.body", "draw air into, and expel out of, the lungs"),
+            ]
+        );
+        assert_eq!(load(dir.path(), 2).unwrap()[1].label, "verb.body");
+    }
+
+    #[test]
+    fn names_the_line_of_an_unknown_wordnet_lexname() {
+        let dir = tempfile::tempdir().unwrap();
+        let noun = dir.path().join("data.noun");
+        for bad in [
+            "01234567 45 n 01 dog 0 000 | a dog  ",
+            "01234567 xx n 01 dog 0 000 | a dog  ",
+        ] {
+            std::fs::write(&noun, format!("{WORDNET_HEADER}{bad}\n")).unwrap();
+            let error = format!("{:#}", load(dir.path(), 1).unwrap_err());
+            assert!(error.contains("data.noun:3"), "{error}");
+            assert!(error.contains("lex_filenum"), "{error}");
+        }
+        std::fs::write(
+            &noun,
+            format!("{WORDNET_HEADER}01234567 05 n 01 dog 0 000\n"),
+        )
+        .unwrap();
+        let error = format!("{:#}", load(dir.path(), 1).unwrap_err());
+        assert!(error.contains("data.noun:3"), "{error}");
+        std::fs::write(&noun, WORDNET_HEADER).unwrap();
+        assert!(load(dir.path(), 1).is_err());
     }
 }

@@ -7,6 +7,7 @@ mod ingest;
 mod load;
 mod matmul;
 mod storm;
+mod trends;
 
 use clap::{Parser, Subcommand};
 // The modules reach these as `crate::…`.
@@ -43,6 +44,9 @@ enum Command {
     /// Models × batch sizes × sequence lengths × devices: speed, latency,
     /// memory, load time and quality on labelled texts; charts; `--compare`.
     Models(pulse_bench::models::ModelsArgs),
+    /// Trend quality on labelled real texts (the fortunes, WordNet
+    /// glosses): pulse's trend pipeline beside BERTopic on the same vectors.
+    Trends(trends::TrendsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Command::Gpu(args) => gpu::run(args),
         Command::Storm(args) => storm::run(args),
         Command::Models(args) => pulse_bench::models::run(args),
+        Command::Trends(args) => trends::run(args),
     }
 }

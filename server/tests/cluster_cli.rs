@@ -36,8 +36,17 @@ fn labels(value: &Value) -> Vec<i32> {
 }
 
 /// `pulse cluster` on the 384-d fixture with the reference run's
-/// parameters (and `extra` flags): its output and its JSON result.
+/// parameters, HDBSCAN alone (and `extra` flags): its output and its JSON
+/// result.
 fn cluster_blobs(extra: &[&str]) -> (Output, Value) {
+    let mut flags = vec!["--metric", "euclidean", "--hdbscan-only"];
+    flags.extend_from_slice(extra);
+    cluster_blobs_with(&flags)
+}
+
+/// `pulse cluster` on the 384-d fixture with `min_cluster_size` 15,
+/// `min_samples` 5 and `extra` flags.
+fn cluster_blobs_with(extra: &[&str]) -> (Output, Value) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.json");
     let input = fixture("blobs384_n2000.f32");
@@ -95,6 +104,65 @@ fn approximate_mode_says_so() {
 }
 
 #[test]
+fn the_default_pipeline_reduces_assigns_and_repeats_itself() {
+    let (output, result) = cluster_blobs_with(&[]);
+    assert!(
+        stderr(&output).contains("2000 points × 384"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(result["params"]["metric"], "cosine");
+    assert_eq!(result["params"]["reduce"], true);
+    assert_eq!(result["params"]["reduce_dimensions"], 5);
+    assert_eq!(result["params"]["assign"], "centroid");
+    assert!(result["timings"]["reduction_seconds"].as_f64().unwrap() > 0.0);
+    // Against the Python package's clusters, over the points it clustered
+    // (the pipeline assigns much of its noise).
+    let reference = labels(&read_json(&fixture("blobs384_n2000.run0.json"))["labels"]);
+    let got = labels(&result["labels"]);
+    let clustered: Vec<usize> = (0..2000).filter(|&i| reference[i] >= 0).collect();
+    let ari = adjusted_rand_index(
+        &clustered.iter().map(|&i| reference[i]).collect::<Vec<_>>(),
+        &clustered.iter().map(|&i| got[i]).collect::<Vec<_>>(),
+    );
+    assert!(
+        ari >= 0.9,
+        "ARI {ari} against the Python package's clusters"
+    );
+    // Assigned signals are marked, with their score, and only those.
+    let assigned = result["assigned"].as_array().unwrap();
+    assert_eq!(assigned.len(), 2000);
+    let probabilities = result["probabilities"].as_array().unwrap();
+    for (i, score) in assigned.iter().enumerate() {
+        if let Some(score) = score.as_f64() {
+            assert!((0.2..=1.0).contains(&score), "{score}");
+            assert!(got[i] >= 0);
+            assert_eq!(probabilities[i], 0.0);
+        }
+    }
+    let (_, again) = cluster_blobs_with(&[]);
+    assert_eq!(
+        again["labels"], result["labels"],
+        "same input and seed, same labels"
+    );
+
+    let (_, capped) = cluster_blobs_with(&[
+        "--no-reduce",
+        "--assign",
+        "neighbours",
+        "--assign-threshold",
+        "0.9",
+        "--max-trends",
+        "3",
+    ]);
+    assert_eq!(capped["n_clusters"], 3);
+    assert_eq!(capped["params"]["reduce"], false);
+    assert_eq!(capped["params"]["assign"], "neighbours");
+    assert_eq!(capped["params"]["max_trends"], 3);
+    assert!(capped["merged"].as_u64().unwrap() >= 1);
+}
+
+#[test]
 fn clusters_json_lines_and_keeps_their_ids() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
@@ -149,7 +217,17 @@ fn bad_input_and_parameters_are_clear_errors() {
     .unwrap();
     let jsonl = jsonl.to_str().unwrap();
 
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 8] = [
+        (
+            &["--input", raw, "--dim", "2", "--assign", "nearest"],
+            1,
+            "unknown assignment `nearest`",
+        ),
+        (
+            &["--input", raw, "--dim", "2", "--reduce-dimensions", "40"],
+            1,
+            "reduction dimensions must be between 1 and 16",
+        ),
         (&["--input", raw], 1, "raw f32 input needs --dim"),
         (
             &["--input", raw, "--dim", "2"],
@@ -208,7 +286,7 @@ fn bad_input_and_parameters_are_clear_errors() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("min_cluster_size must be at least 2"),
+        stderr(&output).contains("`min_cluster_size` must be at least 2"),
         "{}",
         stderr(&output)
     );

@@ -1,7 +1,7 @@
 //! `pulse recluster` and `pulse trends`: clients of a running server's
 //! `TrendService`, for schedulers and people.
 
-use super::cluster::HdbscanFlags;
+use super::cluster::ClusterFlags;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,10 +29,8 @@ pub struct ReclusterArgs {
     /// Empty: the server's default model.
     #[arg(long, default_value = "")]
     model: String,
-    #[arg(long, default_value = "15")]
-    min_cluster_size: u32,
     #[command(flatten)]
-    hdbscan: HdbscanFlags,
+    cluster: ClusterFlags,
     /// A retried call with the same key gets the first job, not a new one.
     #[arg(long, default_value = "")]
     idempotency_key: String,
@@ -121,15 +119,7 @@ pub fn recluster(args: ReclusterArgs) -> anyhow::Result<ExitCode> {
             .map(|d| prost_types::Duration::try_from(Duration::from(d)))
             .transpose()
             .context("`--last` is too long")?,
-        params: Some(pb::ClusterParams {
-            min_cluster_size: args.min_cluster_size,
-            min_samples: u32::try_from(args.hdbscan.min_samples.unwrap_or(0))
-                .context("`--min-samples` is too large")?,
-            selection: args.hdbscan.selection.to_string(),
-            epsilon: args.hdbscan.epsilon,
-            allow_single_cluster: args.hdbscan.allow_single_cluster,
-            approximate: args.hdbscan.approximate,
-        }),
+        params: Some(args.cluster.message()?),
         idempotency_key: args.idempotency_key.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -228,6 +228,7 @@ mod tests {
             model: "m".into(),
             run_id: "r".into(),
             size: 42,
+            assigned: 0,
             representatives: vec![RepresentativeRecord {
                 signal_id: "s1".into(),
                 point_id: uuid::Uuid::nil(),

@@ -11,9 +11,10 @@ use parking_lot::Mutex;
 use pulse_models::Device;
 use pulse_proto::v1 as pb;
 use pulse_store::{PointRecord, SignalFilter, StoreError, VectorStore};
+use pulse_trends::Metric;
 use pulse_trends::lineage::{self, MatchThresholds, Origin, PreviousTrend};
+use pulse_trends::pipeline::{self, PipelineError, PipelineParams};
 use pulse_trends::summary::{self, SignalFacts, SummaryParams};
-use pulse_trends::{HdbscanError, Metric, Params};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -38,7 +39,9 @@ pub struct JobSpec {
     pub dimension: usize,
     /// Inclusive, Unix milliseconds.
     pub window: (i64, i64),
-    pub params: Params,
+    /// The trend pipeline's parameters; signals are always compared by
+    /// cosine.
+    pub params: PipelineParams,
     /// Where the nearest-neighbour pass runs: the model's device, so a
     /// server on a GPU clusters there too.
     pub device: Device,
@@ -53,7 +56,7 @@ enum JobError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("clustering: {0}")]
-    Clustering(#[from] HdbscanError),
+    Clustering(#[from] PipelineError),
     #[error("{0}")]
     Internal(String),
 }
@@ -349,27 +352,33 @@ async fn execute(
 
     status.send_modify(|job| job.stage = pb::JobStage::Clustering as i32);
     let vectors = Arc::new(window.vectors);
-    let (labels, probabilities) = if n < 2 {
+    let payloads = Arc::new(window.payloads);
+    let found = if n < 2 {
         // Nothing to group: every signal (if any) is noise.
-        (vec![-1; n], vec![0.0; n])
+        None
     } else {
-        let data = vectors.clone();
-        let params = Params {
-            metric: Metric::Cosine,
-            ..spec.params.clone()
-        };
+        let (data, payloads) = (vectors.clone(), payloads.clone());
+        let mut params = spec.params.clone();
+        params.hdbscan.metric = Metric::Cosine;
         let dim = spec.dimension;
         let device = spec.device.clone();
-        let clustering = tokio::task::spawn_blocking(move || {
-            pulse_trends::hdbscan_on(&data, dim, &params, &device)
+        let trends = tokio::task::spawn_blocking(move || {
+            let texts: Vec<&str> = payloads.iter().map(|p| text(p, "text")).collect();
+            pipeline::find_trends(&data, dim, &texts, &params, &device)
         })
         .await
         .map_err(|e| JobError::Internal(format!("clustering stopped: {e}")))??;
         tracing::info!(
-            brand = %spec.brand, signals = n, clusters = clustering.n_clusters,
-            seconds = clustering.timings.total().as_secs_f64(), "clustered"
+            brand = %spec.brand, signals = n, trends = trends.n_trends,
+            assigned = trends.assigned.iter().filter(|a| a.is_some()).count(),
+            merged = trends.merged,
+            seconds = trends.timings.total().as_secs_f64(), "clustered"
         );
-        (clustering.labels, clustering.probabilities)
+        Some(trends)
+    };
+    let (labels, probabilities, assigned) = match found {
+        Some(t) => (t.labels, t.probabilities, t.assigned),
+        None => (vec![-1; n], vec![0.0; n], vec![None; n]),
     };
     finish(
         store,
@@ -380,9 +389,10 @@ async fn execute(
         Clustered {
             ids: window.ids,
             vectors,
-            payloads: Arc::new(window.payloads),
+            payloads,
             labels,
             probabilities,
+            assigned,
         },
         Previous {
             run: previous,
@@ -404,6 +414,8 @@ struct Clustered {
     payloads: Arc<Vec<Map<String, Value>>>,
     labels: Vec<i32>,
     probabilities: Vec<f32>,
+    /// The assignment's score of members HDBSCAN called noise.
+    assigned: Vec<Option<f32>>,
 }
 
 fn origin_name(origin: Origin) -> &'static str {
@@ -439,6 +451,7 @@ async fn finish(
         payloads,
         labels,
         probabilities,
+        assigned,
     } = clustered;
     let dim = spec.dimension;
     // Tokenising every text for the keywords takes seconds on a large
@@ -498,16 +511,24 @@ async fn finish(
         &mut next_id,
     );
 
+    let mut assigned_per_trend = vec![0u64; summaries.len()];
+    for (&label, score) in labels.iter().zip(&assigned) {
+        if let (Ok(l), Some(_)) = (usize::try_from(label), score) {
+            assigned_per_trend[l] += 1;
+        }
+    }
     let run_id = status.borrow().id.clone();
     let mut trends: Vec<TrendRecord> = summaries
         .into_iter()
         .zip(&identities)
-        .map(|(s, identity)| TrendRecord {
+        .zip(&assigned_per_trend)
+        .map(|((s, identity), &assigned)| TrendRecord {
             trend_id: identity.id,
             brand: spec.brand.clone(),
             model: spec.model.clone(),
             run_id: run_id.clone(),
             size: s.size as u64,
+            assigned,
             representatives: s
                 .representatives
                 .iter()
@@ -559,11 +580,14 @@ async fn finish(
         .iter()
         .zip(&labels)
         .zip(&probabilities)
-        .map(|((&id, &label), &probability)| {
+        .zip(&assigned)
+        .map(|(((&id, &label), &probability), &score)| {
             let trend_id = usize::try_from(label).map_or(-1, |l| identities[l].id);
             let mut keys = Map::new();
             keys.insert("cluster".into(), json!(trend_id));
             keys.insert("cluster_prob".into(), json!(probability));
+            // Written for every signal, so no earlier run's score lingers.
+            keys.insert("cluster_assigned".into(), json!(score));
             keys.insert("cluster_run".into(), json!(run_id));
             (id, keys)
         })
@@ -782,24 +806,34 @@ mod tests {
                 vector[if i < 10 { 0 } else { 1 }] = 1.0;
                 // Distinct points: duplicates are a case of their own.
                 vector[2 + i % 6] = 0.01 * (1 + i % 10) as f32;
-                let Value::Object(payload) = json!({
-                    "signal_id": format!("s{i}"),
-                    "brand": brand,
-                    "source": "x",
-                    "text": if i < 10 { "battery drains" } else { "coffee tastes burnt" },
-                    "ts": i as i64 * 60_000,
-                }) else {
-                    unreachable!()
+                let text = if i < 10 {
+                    "battery drains"
+                } else {
+                    "coffee tastes burnt"
                 };
-                PointRecord {
-                    id: crate::signals::point_id(brand, &format!("s{i}")),
-                    vector: Some(vector),
-                    payload,
-                }
+                signal(brand, &format!("s{i}"), vector, text, i as i64)
             })
             .collect();
         store.upsert(&collection, points).await.unwrap();
         (dir, store)
+    }
+
+    /// A stored signal of `brand`, `minute` minutes into the window.
+    fn signal(brand: &str, id: &str, vector: Vec<f32>, text: &str, minute: i64) -> PointRecord {
+        let Value::Object(payload) = json!({
+            "signal_id": id,
+            "brand": brand,
+            "source": "x",
+            "text": text,
+            "ts": minute * 60_000,
+        }) else {
+            unreachable!()
+        };
+        PointRecord {
+            id: crate::signals::point_id(brand, id),
+            vector: Some(vector),
+            payload,
+        }
     }
 
     fn spec(brand: &str, key: &str) -> JobSpec {
@@ -808,7 +842,7 @@ mod tests {
             model: "m".into(),
             dimension: DIM,
             window: (0, 20 * 60_000),
-            params: Params::new(5),
+            params: PipelineParams::hdbscan_only(pulse_trends::Params::new(5)),
             device: Device::Cpu,
             requested: ParamsRecord::default(),
             idempotency_key: key.into(),
@@ -881,6 +915,120 @@ mod tests {
         };
         assert_eq!(ids(&retrended), ids(&trends));
         assert!(retrended.iter().all(|t| t.origin == "continued"));
+    }
+
+    /// The trends of the brand's latest run.
+    async fn latest_trends(store: &Faulty) -> Vec<TrendRecord> {
+        let run = records::latest_run(store, "m", DIM, "acme")
+            .await
+            .unwrap()
+            .expect("a finished run");
+        records::trends_of(store, &run, DIM).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn merged_trends_keep_their_ids_across_runs() {
+        let (_dir, store) = store_with_signals("acme").await;
+        let jobs = Jobs::new(store.clone(), 1, None);
+        let mut merged = spec("acme", "");
+        merged.params.merging.max_trends = Some(1);
+        let done = until_ended(&jobs, &jobs.submit(merged.clone()).id).await;
+        assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.error);
+        assert_eq!(
+            (done.trends, done.noise),
+            (1, 0),
+            "both groups in one trend"
+        );
+        let before = latest_trends(&store).await;
+        assert_eq!(before[0].size, 20);
+
+        let again = until_ended(&jobs, &jobs.submit(merged).id).await;
+        assert_eq!(again.state, pb::JobState::Succeeded as i32);
+        let after = latest_trends(&store).await;
+        assert_eq!(after.len(), 1);
+        assert_eq!(
+            after[0].trend_id, before[0].trend_id,
+            "the merged trend keeps its id"
+        );
+        assert_eq!(after[0].origin, "continued");
+
+        // Unmerged, the two groups come apart: both new trends name the
+        // merged one as their parent (a split).
+        let split = until_ended(&jobs, &jobs.submit(spec("acme", "")).id).await;
+        assert_eq!(split.trends, 2);
+        let parts = latest_trends(&store).await;
+        assert!(
+            parts.iter().all(|t| t.parents == vec![before[0].trend_id]),
+            "{:?}",
+            parts
+                .iter()
+                .map(|t| (&t.origin, &t.parents))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn assigned_signals_are_marked_and_a_later_run_unmarks_them() {
+        let (_dir, store) = store_with_signals("acme").await;
+        let collection = crate::signals::collection_name("m");
+        // The coffee group moved near the battery group (cosine 0.9), and
+        // a signal farther from both than they are from each other (cosine
+        // 0.5): HDBSCAN leaves it out, its centroid cosine takes it in.
+        let mut points: Vec<PointRecord> = (10..20)
+            .map(|i| {
+                let mut vector = vec![0.0f32; DIM];
+                (vector[0], vector[1]) = (0.9, 0.436);
+                vector[2 + i % 6] = 0.01 * (1 + i % 10) as f32;
+                signal(
+                    "acme",
+                    &format!("s{i}"),
+                    vector,
+                    "coffee tastes burnt",
+                    i as i64,
+                )
+            })
+            .collect();
+        let mut between = vec![0.0f32; DIM];
+        (between[0], between[1], between[7]) = (0.45, 0.2, 0.87);
+        points.push(signal("acme", "between", between, "battery coffee", 5));
+        store.upsert(&collection, points).await.unwrap();
+        let between_id = crate::signals::point_id("acme", "between");
+        let jobs = Jobs::new(store.clone(), 1, None);
+        let scores = || async {
+            let (points, _) = store
+                .scroll(&collection, &SignalFilter::default(), None, 100, false)
+                .await
+                .unwrap();
+            points
+                .into_iter()
+                .filter_map(|p| {
+                    let score = p.payload.get("cluster_assigned")?.as_f64()?;
+                    Some((p.id, score))
+                })
+                .collect::<Vec<_>>()
+        };
+
+        let mut assigning = spec("acme", "");
+        assigning.params.assignment = Some(pipeline::AssignmentParams {
+            by: pipeline::AssignBy::Centroid,
+            threshold: 0.2,
+        });
+        let done = until_ended(&jobs, &jobs.submit(assigning).id).await;
+        assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.error);
+        assert_eq!((done.trends, done.noise), (2, 0));
+        let trends = latest_trends(&store).await;
+        assert_eq!(trends.iter().map(|t| t.assigned).sum::<u64>(), 1);
+        assert_eq!(trends.iter().map(|t| t.size).sum::<u64>(), 21);
+        let marked = scores().await;
+        assert_eq!(marked.len(), 1, "{marked:?}");
+        assert_eq!(marked[0].0, between_id);
+        assert!((0.4..0.6).contains(&marked[0].1), "{marked:?}");
+
+        // HDBSCAN alone: no signal keeps the earlier run's mark.
+        let done = until_ended(&jobs, &jobs.submit(spec("acme", "")).id).await;
+        assert_eq!((done.trends, done.noise), (2, 1));
+        assert_eq!(scores().await, Vec::new());
+        assert!(latest_trends(&store).await.iter().all(|t| t.assigned == 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ use crate::signals::{store_status, stored_signal};
 use pulse_proto::v1 as pb;
 use pulse_proto::validate::{self, timestamp};
 use pulse_store::{FieldValue, SignalFilter, VectorStore};
+use pulse_trends::pipeline::{AssignBy, AssignmentParams, MergeParams, PipelineParams};
+use pulse_trends::reduce::ReductionParams;
 use pulse_trends::{Params, Selection};
 use records::{LlmRecord, LlmStatus, ParamsRecord, RunRecord, TrendRecord};
 use serde_json::Value;
@@ -21,7 +23,6 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-const DEFAULT_MIN_CLUSTER_SIZE: u32 = 15;
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
@@ -41,36 +42,90 @@ fn required<'a>(value: &'a str, name: &str) -> Result<&'a str, Status> {
     }
 }
 
-fn params_of(params: Option<pb::ClusterParams>) -> Result<(Params, ParamsRecord), Status> {
+/// A request's clustering parameters: the trend pipeline's defaults
+/// (`PipelineParams::default`, the best measured on short texts) where a
+/// field is unset, and what the run records it was asked for.
+pub fn params_of(
+    params: Option<pb::ClusterParams>,
+) -> Result<(PipelineParams, ParamsRecord), Status> {
     let params = params.unwrap_or_default();
+    let invalid = |message: String| Status::invalid_argument(message);
+    let defaults = PipelineParams::default();
     let min_cluster_size = match params.min_cluster_size {
-        0 => DEFAULT_MIN_CLUSTER_SIZE,
-        1 => {
-            return Err(Status::invalid_argument(
-                "`min_cluster_size` must be at least 2",
-            ));
-        }
+        0 => defaults.hdbscan.min_cluster_size as u32,
+        1 => return Err(invalid("`min_cluster_size` must be at least 2".into())),
         n => n,
     };
     let selection = if params.selection.is_empty() {
-        Selection::ExcessOfMass
+        defaults.hdbscan.selection
     } else {
         params
             .selection
             .parse::<Selection>()
-            .map_err(|e| Status::invalid_argument(format!("`selection`: {e}")))?
+            .map_err(|e| invalid(format!("`selection`: {e}")))?
     };
     if !(params.epsilon.is_finite() && params.epsilon >= 0.0) {
-        return Err(Status::invalid_argument(
-            "`epsilon` must be a finite number ≥ 0",
-        ));
+        return Err(invalid("`epsilon` must be a finite number ≥ 0".into()));
     }
-    let mut hdbscan = Params::new(min_cluster_size as usize);
-    hdbscan.min_samples = (params.min_samples > 0).then_some(params.min_samples as usize);
-    hdbscan.selection = selection;
-    hdbscan.epsilon = params.epsilon;
-    hdbscan.allow_single_cluster = params.allow_single_cluster;
-    hdbscan.approximate = params.approximate;
+    let hdbscan = Params {
+        min_cluster_size: min_cluster_size as usize,
+        min_samples: (params.min_samples > 0)
+            .then_some(params.min_samples as usize)
+            .or(defaults.hdbscan.min_samples),
+        selection,
+        epsilon: params.epsilon,
+        allow_single_cluster: params.allow_single_cluster,
+        approximate: params.approximate,
+        ..defaults.hdbscan
+    };
+    let reduction_defaults = ReductionParams::default();
+    let reduction = params
+        .reduce
+        .unwrap_or(defaults.reduction.is_some())
+        .then(|| ReductionParams {
+            dimensions: match params.reduce_dimensions {
+                0 => reduction_defaults.dimensions,
+                n => n as usize,
+            },
+            neighbours: match params.reduce_neighbours {
+                0 => reduction_defaults.neighbours,
+                n => n as usize,
+            },
+            seed: params.seed.unwrap_or(reduction_defaults.seed),
+            ..reduction_defaults
+        });
+    let assignment = match params.assign.as_str() {
+        "" => defaults.assignment,
+        "off" | "none" => None,
+        name => {
+            let by = name
+                .parse::<AssignBy>()
+                .map_err(|e| invalid(format!("`assign`: {e} or off")))?;
+            Some(AssignmentParams {
+                by,
+                threshold: AssignmentParams::default_threshold(by),
+            })
+        }
+    }
+    .map(|a| AssignmentParams {
+        threshold: params.assign_threshold.unwrap_or(a.threshold),
+        ..a
+    });
+    let pipeline = PipelineParams {
+        hdbscan,
+        reduction,
+        assignment,
+        merging: MergeParams {
+            threshold: params.merge_threshold.or(defaults.merging.threshold),
+            max_trends: match params.max_trends {
+                0 => defaults.merging.max_trends,
+                n => Some(n as usize),
+            },
+        },
+    };
+    pipeline
+        .validate()
+        .map_err(|e| invalid(format!("`params`: {e}")))?;
     let requested = ParamsRecord {
         min_cluster_size,
         min_samples: params.min_samples,
@@ -78,8 +133,24 @@ fn params_of(params: Option<pb::ClusterParams>) -> Result<(Params, ParamsRecord)
         epsilon: params.epsilon,
         allow_single_cluster: params.allow_single_cluster,
         approximate: params.approximate,
+        reduce: pipeline.reduction.is_some(),
+        reduce_dimensions: pipeline
+            .reduction
+            .as_ref()
+            .map_or(0, |r| r.dimensions as u32),
+        reduce_neighbours: pipeline
+            .reduction
+            .as_ref()
+            .map_or(0, |r| r.neighbours as u32),
+        seed: pipeline.reduction.as_ref().map_or(0, |r| r.seed),
+        assign: pipeline
+            .assignment
+            .map_or_else(|| "off".to_string(), |a| a.by.to_string()),
+        assign_threshold: pipeline.assignment.map_or(0.0, |a| a.threshold),
+        merge_threshold: pipeline.merging.threshold,
+        max_trends: pipeline.merging.max_trends.map_or(0, |m| m as u32),
     };
-    Ok((hdbscan, requested))
+    Ok((pipeline, requested))
 }
 
 fn params_message(params: &ParamsRecord) -> pb::ClusterParams {
@@ -90,6 +161,14 @@ fn params_message(params: &ParamsRecord) -> pb::ClusterParams {
         epsilon: params.epsilon,
         allow_single_cluster: params.allow_single_cluster,
         approximate: params.approximate,
+        reduce: Some(params.reduce),
+        reduce_dimensions: params.reduce_dimensions,
+        reduce_neighbours: params.reduce_neighbours,
+        seed: params.reduce.then_some(params.seed),
+        assign: params.assign.clone(),
+        assign_threshold: (params.assign != "off").then_some(params.assign_threshold),
+        merge_threshold: params.merge_threshold,
+        max_trends: params.max_trends,
     }
 }
 
@@ -156,6 +235,7 @@ fn trend_message(trend: TrendRecord) -> pb::Trend {
         origin: origin_message(&trend.origin) as i32,
         parents: trend.parents,
         llm_summary: Some(llm_message(trend.llm)),
+        assigned: trend.assigned,
     }
 }
 
@@ -453,6 +533,15 @@ impl pb::trend_service_server::TrendService for TrendApi {
                     .get("cluster_prob")
                     .and_then(Value::as_f64)
                     .unwrap_or(0.0) as f32,
+                assigned: point
+                    .payload
+                    .get("cluster_assigned")
+                    .is_some_and(Value::is_number),
+                assignment_score: point
+                    .payload
+                    .get("cluster_assigned")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0) as f32,
             })
             .collect();
         Ok(Response::new(pb::GetTrendResponse {
@@ -468,28 +557,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn params_default_like_the_python_package_and_refuse_nonsense() {
+    fn params_default_to_the_pipelines_and_refuse_nonsense() {
         let (params, requested) = params_of(None).unwrap();
-        assert_eq!(params.min_cluster_size, 15);
-        assert_eq!(params.min_samples, None);
+        assert_eq!(params, PipelineParams::default());
         assert_eq!(requested.selection, "eom");
+        assert!(requested.reduce && requested.assign == "centroid");
+        let message = params_message(&requested);
+        assert_eq!(message.reduce, Some(true));
+        assert_eq!(
+            params_of(Some(message)).unwrap().0,
+            params,
+            "a run's params, sent again, ask for the same"
+        );
         let leaf = pb::ClusterParams {
             min_cluster_size: 5,
             min_samples: 3,
             selection: "leaf".into(),
             approximate: true,
+            reduce: Some(false),
+            assign: "neighbours".into(),
+            merge_threshold: Some(0.9),
+            max_trends: 20,
             ..Default::default()
         };
         let (params, requested) = params_of(Some(leaf)).unwrap();
         assert_eq!(
-            (params.min_samples, params.selection),
+            (params.hdbscan.min_samples, params.hdbscan.selection),
             (Some(3), Selection::Leaf)
         );
-        assert!(params.approximate && requested.approximate);
+        assert!(params.hdbscan.approximate && requested.approximate);
+        assert_eq!(params.reduction, None);
+        assert_eq!(
+            params.assignment,
+            Some(AssignmentParams {
+                by: AssignBy::Neighbours,
+                threshold: AssignmentParams::default_threshold(AssignBy::Neighbours)
+            })
+        );
+        assert_eq!(
+            params.merging,
+            MergeParams {
+                threshold: Some(0.9),
+                max_trends: Some(20)
+            }
+        );
         assert!(
             params_message(&requested).approximate,
             "a run says it was approximate"
         );
+        let off = pb::ClusterParams {
+            assign: "off".into(),
+            ..Default::default()
+        };
+        assert_eq!(params_of(Some(off)).unwrap().0.assignment, None);
         for bad in [
             pb::ClusterParams {
                 min_cluster_size: 1,
@@ -505,6 +625,26 @@ mod tests {
             },
             pb::ClusterParams {
                 epsilon: -1.0,
+                ..Default::default()
+            },
+            pb::ClusterParams {
+                assign: "kmeans".into(),
+                ..Default::default()
+            },
+            pb::ClusterParams {
+                assign_threshold: Some(2.0),
+                ..Default::default()
+            },
+            pb::ClusterParams {
+                reduce_dimensions: 17,
+                ..Default::default()
+            },
+            pb::ClusterParams {
+                reduce_neighbours: 1,
+                ..Default::default()
+            },
+            pb::ClusterParams {
+                merge_threshold: Some(f32::NAN),
                 ..Default::default()
             },
         ] {

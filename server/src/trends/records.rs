@@ -32,6 +32,28 @@ pub struct ParamsRecord {
     /// Runs stored before approximate mode existed were exact.
     #[serde(default)]
     pub approximate: bool,
+    /// The pipeline's other steps; runs stored before it existed had none
+    /// of them.
+    #[serde(default)]
+    pub reduce: bool,
+    #[serde(default)]
+    pub reduce_dimensions: u32,
+    #[serde(default)]
+    pub reduce_neighbours: u32,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "no_assignment")]
+    pub assign: String,
+    #[serde(default)]
+    pub assign_threshold: f32,
+    #[serde(default)]
+    pub merge_threshold: Option<f32>,
+    #[serde(default)]
+    pub max_trends: u32,
+}
+
+fn no_assignment() -> String {
+    "off".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +90,10 @@ pub struct TrendRecord {
     pub model: String,
     pub run_id: String,
     pub size: u64,
+    /// Members that joined by assignment; trends stored before it existed
+    /// had none.
+    #[serde(default)]
+    pub assigned: u64,
     pub representatives: Vec<RepresentativeRecord>,
     pub keywords: Vec<(String, f64)>,
     pub sources: Vec<(String, u64)>,
@@ -446,6 +472,7 @@ mod tests {
             model: "m".into(),
             run_id: run_id.into(),
             size,
+            assigned: 0,
             representatives: Vec::new(),
             keywords: vec![("battery".into(), 0.5)],
             sources: vec![("x".into(), size)],

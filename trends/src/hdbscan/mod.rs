@@ -132,7 +132,7 @@ impl Params {
         }
     }
 
-    fn validate(&self) -> Result<(), HdbscanError> {
+    pub(crate) fn validate(&self) -> Result<(), HdbscanError> {
         if self.min_cluster_size < 2 {
             return Err(HdbscanError::MinClusterSize(self.min_cluster_size));
         }
@@ -284,7 +284,24 @@ pub fn hdbscan_on(
     })
 }
 
-fn normalise_rows(data: &[f32], dim: usize) -> Result<Vec<f32>, HdbscanError> {
+/// The `k` nearest other points of every point: from an inverted file when
+/// `approximate`, else exactly on `device`. For the pipeline's steps that
+/// need neighbour lists of their own (the reduction's graph).
+pub(crate) fn neighbour_lists(
+    points: Rows<'_>,
+    k: usize,
+    approximate: bool,
+    device: &Device,
+) -> Result<distance::Neighbours, DistanceError> {
+    let k = k.min(points.len().saturating_sub(1));
+    if approximate && k > 0 {
+        approximate::InvertedFile::build(points, k)?.knn(k)
+    } else {
+        distance::knn_on(points, k, device)
+    }
+}
+
+pub(crate) fn normalise_rows(data: &[f32], dim: usize) -> Result<Vec<f32>, HdbscanError> {
     let mut out = data.to_vec();
     for (row, values) in out.chunks_exact_mut(dim).enumerate() {
         let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();

@@ -39,6 +39,10 @@ pub struct TrendsArgs {
     /// defaults were chosen.
     #[arg(long)]
     sweep: bool,
+    /// Layout epochs of every pulse setting that reduces (default: the
+    /// pipeline's).
+    #[arg(long)]
+    epochs: Option<usize>,
     /// A Python with `bertopic` (`scripts/reference-env`): BERTopic's
     /// default path runs on the same vectors.
     #[arg(long)]
@@ -322,7 +326,10 @@ fn measure_set(
     let truth = labelled::label_ids(texts);
     let strings: Vec<&str> = texts.iter().map(|t| t.text.as_str()).collect();
     let mut runs = Vec::new();
-    for setting in settings(args.sweep) {
+    for mut setting in settings(args.sweep) {
+        if let Some(reduction) = &mut setting.params.reduction {
+            reduction.epochs = args.epochs.or(reduction.epochs);
+        }
         let (trends, seconds) = median_run(args.repeat, || {
             find_trends(vectors, dim, &strings, &setting.params, device)
         })?;

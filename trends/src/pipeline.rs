@@ -7,7 +7,7 @@
 use crate::hdbscan::{self, Clustering, HdbscanError, Metric, Params, Timings, UnionFind};
 use crate::keywords::class_keywords;
 use crate::reduce::{self, InputDistance, ReductionError, ReductionParams};
-use crate::summary::unit_mean;
+use crate::summary::{cosine, unit_mean};
 use candle_core::Device;
 use pulse_kernels::distance::{DistanceError, Neighbours, Rows};
 use std::collections::HashSet;
@@ -341,19 +341,6 @@ fn centroids(points: Rows<'_>, labels: &[i32], clusters: usize) -> Vec<Vec<f32>>
         .collect()
 }
 
-fn unit(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter().map(|x| x / norm).collect()
-    } else {
-        v.to_vec()
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// Where each noise point goes, with its score: `None` for members and for
 /// noise that stays noise.
 fn assign(
@@ -371,14 +358,11 @@ fn assign(
                 return None;
             }
             let best = match voters {
-                None => {
-                    let row = unit(points.row(i));
-                    centres
-                        .iter()
-                        .enumerate()
-                        .map(|(c, centre)| (c, dot(&row, centre)))
-                        .max_by(|a, b| a.1.total_cmp(&b.1))
-                }
+                None => centres
+                    .iter()
+                    .enumerate()
+                    .map(|(c, centre)| (c, cosine(points.row(i), centre)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1)),
                 Some(lists) => {
                     let (indices, distances) = lists.of(i);
                     let mut votes = vec![0.0f32; clusters];
@@ -387,7 +371,7 @@ fn assign(
                         let similarity = match distance {
                             InputDistance::CosineOfUnitVectors => 1.0 - d * d / 2.0,
                             InputDistance::Euclidean => {
-                                dot(&unit(points.row(i)), &unit(points.row(j as usize)))
+                                cosine(points.row(i), points.row(j as usize))
                             }
                         }
                         .max(0.0);
@@ -446,7 +430,6 @@ fn merge(
     let mut live = alive.iter().filter(|&&a| a).count();
     let mut groups = UnionFind::new(clusters);
     let mut similarity = vec![f32::NEG_INFINITY; clusters * clusters];
-    let cosine = |a: &[f32], b: &[f32]| dot(&unit(a), &unit(b));
     for a in 0..clusters {
         for b in a + 1..clusters {
             if alive[a] && alive[b] {

@@ -337,17 +337,15 @@ pub fn principal_start(
     seed: u64,
 ) -> Result<Vec<f32>, ReductionError> {
     let (n, d) = (points.len(), points.dim());
-    let data: Vec<f32> = (0..n).flat_map(|i| points.row(i).iter().copied()).collect();
     let mut mean = vec![0.0f64; d];
-    for row in data.chunks_exact(d) {
-        for (m, &v) in mean.iter_mut().zip(row) {
+    for i in 0..n {
+        for (m, &v) in mean.iter_mut().zip(points.row(i)) {
             *m += v as f64;
         }
     }
     mean.iter_mut().for_each(|m| *m /= n as f64);
-    let centred: Vec<f32> = data
-        .chunks_exact(d)
-        .flat_map(|row| row.iter().zip(&mean).map(|(&v, &m)| v - m as f32))
+    let centred: Vec<f32> = (0..n)
+        .flat_map(|i| points.row(i).iter().zip(&mean).map(|(&v, &m)| v - m as f32))
         .collect();
     let tensor_error = |e: candle_core::Error| ReductionError::Tensor(e.to_string());
     let x = Tensor::from_vec(centred, (n, d), &Device::Cpu).map_err(tensor_error)?;

@@ -25,7 +25,8 @@ script whatever the thread count (TOKENIZERS_PARALLELISM=false); it is about
 1% of a batch's time.
 
 Per engine, before any timing, the texts of the shared fixture file
-(`cases.jsonl`) are embedded and compared with their recorded embeddings
+(`cases.jsonl` of `minilm` or `mpnet`, by the model's `model_type`) are
+embedded and compared with their recorded embeddings
 (minimum cosine >= 0.9999, 0.999 for bf16) and token counts; a miss fails
 the run. Then for
 each thread count and workload: one warm-up batch, then `repeats` passes over
@@ -82,7 +83,10 @@ PARITY_BATCH = 16
 # Bump when build_onnx changes: it is part of the cached model's file name.
 GRAPH_VERSION = 1
 # The repo root is the parent of bench/; shared/ sits beside the repo.
-DEFAULT_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared/fixtures/minilm/cases.jsonl"
+FIXTURES_DIR = Path(__file__).resolve().parents[2].parent / "shared/fixtures"
+# sentence-transformers' embeddings of the fixture texts, per model_type of
+# the two real models pulse is tested with.
+FIXTURES_BY_MODEL_TYPE = {"bert": "minilm", "mpnet": "mpnet"}
 
 
 class Failure(Exception):
@@ -113,7 +117,10 @@ def parse_args(argv):
         "--threads", type=comma_list(int), default=None,
         help="comma-separated thread counts; overrides the input's",
     )
-    parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
+    parser.add_argument(
+        "--fixtures", type=Path, default=None,
+        help="cases.jsonl to check parity on (default: the shared fixtures of the model's type)",
+    )
     args = parser.parse_args(argv)
     unknown = [e for e in args.engines if e not in ENGINES]
     if unknown:
@@ -526,14 +533,20 @@ def run(args):
     model_dir = Path(spec["model_dir"])
     cache_dir = args.out.resolve().parent / "cpu_reference_cache"
     report = {"engines": {}, "skipped": {}, "results": []}
+    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    fixture_set = FIXTURES_BY_MODEL_TYPE.get(model_type, "minilm")
+    fixtures = args.fixtures or FIXTURES_DIR / fixture_set / "cases.jsonl"
     cases = None
     for name in args.engines:
         reason = missing_package(name)
+        if name == "onnxruntime" and model_type != "bert" and not reason:
+            # build_onnx writes BERT's graph; other layouts would be wrong.
+            reason = f"the ONNX graph is built for bert only, not {model_type}"
         if reason:
             print(f"skipping {name}: {reason}", file=sys.stderr)
             report["skipped"][name] = reason
             continue
-        cases = cases or read_fixtures(args.fixtures)
+        cases = cases or read_fixtures(fixtures)
         tokenizer = TextTokenizer(model_dir, spec["max_seq_length"])
         engine = load_engine(name, model_dir, tokenizer, spec["max_seq_length"], cache_dir)
         engine.set_threads(spec["threads"][0])

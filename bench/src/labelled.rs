@@ -5,8 +5,9 @@
 //! JSON-lines file of `{"label": …, "text": …}`.
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
-use std::path::Path;
+use pulse_trends::quality::{adjusted_rand_index, v_measure};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// Where `scripts/fetch-fortunes` puts Debian's `fortunes`.
 pub const FORTUNES: &str = "/usr/share/games/fortunes";
@@ -19,6 +20,90 @@ pub const WORDNET: &str = "/usr/share/wordnet";
 pub struct LabelledText {
     pub label: String,
     pub text: String,
+}
+
+/// A set named on the command line as `NAME[:STRIDE]`: `fortunes`
+/// (Debian's fortunes), `wordnet` (WordNet glosses by lexicographer file),
+/// or a directory / JSON-lines file of `{"label", "text"}`; every
+/// STRIDE-th text is taken (all without a stride).
+pub struct SetSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub stride: usize,
+}
+
+impl SetSpec {
+    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+        let (name, stride) = match spec.rsplit_once(':') {
+            Some((name, stride)) => (
+                name,
+                stride
+                    .parse::<usize>()
+                    .with_context(|| format!("`{spec}`: the stride is not a number"))?,
+            ),
+            None => (spec, 1),
+        };
+        let path = match name {
+            "fortunes" => PathBuf::from(FORTUNES),
+            "wordnet" => PathBuf::from(WORDNET),
+            other => PathBuf::from(other),
+        };
+        Ok(SetSpec {
+            name: name.to_string(),
+            path,
+            stride,
+        })
+    }
+
+    pub fn load(&self) -> anyhow::Result<Vec<LabelledText>> {
+        load(&self.path, self.stride).with_context(|| {
+            format!(
+                "set `{}` (scripts/fetch-fortunes and scripts/fetch-wordnet install the named sets)",
+                self.name
+            )
+        })
+    }
+}
+
+/// How a labelling (trends, −1 for noise) agrees with a set's labels.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Scores {
+    pub trends: usize,
+    /// Share of texts in a trend.
+    pub coverage: f64,
+    /// Over all texts, noise as one class.
+    pub v_measure: f64,
+    pub ari: f64,
+    /// Over the texts in a trend.
+    pub clustered_v_measure: f64,
+    pub clustered_ari: f64,
+}
+
+pub fn scores(truth: &[i64], labels: &[i32]) -> Scores {
+    let clustered: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] >= 0).collect();
+    let kept_truth: Vec<i64> = clustered.iter().map(|&i| truth[i]).collect();
+    let kept_labels: Vec<i32> = clustered.iter().map(|&i| labels[i]).collect();
+    let trends = labels
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |m| (m + 1).max(0) as usize);
+    let (clustered_v_measure, clustered_ari) = if clustered.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (
+            v_measure(&kept_truth, &kept_labels),
+            adjusted_rand_index(&kept_truth, &kept_labels),
+        )
+    };
+    Scores {
+        trends,
+        coverage: clustered.len() as f64 / labels.len().max(1) as f64,
+        v_measure: v_measure(truth, labels),
+        ari: adjusted_rand_index(truth, labels),
+        clustered_v_measure,
+        clustered_ari,
+    }
 }
 
 /// Every `stride`-th text of the set at `path`, in a stable order

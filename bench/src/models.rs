@@ -1,22 +1,22 @@
 //! `pulse-bench models` (also `pulse bench`): models × devices × sequence
 //! lengths × batch sizes — tokens/s, texts/s, per-batch latency
 //! percentiles, peak memory and load time — and each model's quality on
-//! labelled short texts: HDBSCAN of the embeddings against the labels
-//! (V-measure, ARI) and whether a text's nearest neighbours share its label
-//! (recall@10). Writes JSON, markdown and charts; `--compare` prints the
-//! ratios between two runs.
+//! labelled short texts: pulse's trend pipeline (the service's defaults) on
+//! the embeddings against the labels (trends, coverage, V-measure, ARI) and
+//! whether a text's nearest neighbours share its label (recall@10). Writes
+//! JSON, markdown and charts; `--compare` prints the ratios between two
+//! runs.
 
 pub use crate::charts::ChartFormat;
 use crate::charts::{self, LineChart, Series};
-use crate::labelled::{self, FORTUNES, LabelledText};
+use crate::labelled::{self, LabelledText, Scores, SetSpec, scores};
 use crate::memory::PeakMemory;
 use crate::{cpu_name, workloads, write_report};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use pulse_kernels::distance::{Rows, knn_on};
 use pulse_models::{DEFAULT_MODEL, DTypeSpec, DeviceSpec, Embedder, EmbedderOptions, EncoderKind};
-use pulse_trends::quality::{adjusted_rand_index, v_measure};
-use pulse_trends::{Metric, Params, Selection, hdbscan_on};
+use pulse_trends::pipeline::{PipelineParams, find_trends};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,25 +50,15 @@ pub struct ModelsArgs {
     /// Tokens each case embeds (at least three batches).
     #[arg(long, default_value = "16384")]
     pub tokens_per_case: usize,
-    /// Labelled texts for quality: a directory of category files in the
-    /// `fortunes` layout or a JSON-lines file of {"label", "text"}.
-    #[arg(long, default_value = FORTUNES)]
-    pub labelled: PathBuf,
-    /// Take every N-th labelled text.
-    #[arg(long, default_value = "15")]
-    pub labelled_stride: usize,
+    /// Labelled sets for quality, each `NAME[:STRIDE]`: `fortunes`
+    /// (Debian's fortunes), `wordnet` (WordNet glosses by lexicographer
+    /// file), or a directory / JSON-lines file of `{"label", "text"}`;
+    /// every STRIDE-th text is taken.
+    #[arg(long, value_delimiter = ',', default_value = "fortunes:5,wordnet:30")]
+    pub sets: Vec<String>,
     /// Skip the quality measurement.
     #[arg(long)]
     pub no_quality: bool,
-    /// HDBSCAN for the quality measurement, on cosine distance. The
-    /// defaults (min_cluster_size 5, min_samples 1, leaf selection) find the
-    /// most structure in short texts; see docs/benchmarks.md.
-    #[arg(long, default_value = "5")]
-    pub min_cluster_size: usize,
-    #[arg(long, default_value = "1")]
-    pub min_samples: usize,
-    #[arg(long, default_value = "leaf")]
-    pub selection: Selection,
     /// Chart formats to draw.
     #[arg(long, value_delimiter = ',', default_value = "png,svg")]
     pub charts: Vec<ChartFormat>,
@@ -106,7 +96,10 @@ pub struct ModelRun {
     pub load_seconds: f64,
     pub load_peak_rss_bytes: Option<u64>,
     pub cases: Vec<Case>,
-    pub quality: Option<Quality>,
+    /// One per labelled set (reports from before the trend pipeline held
+    /// one HDBSCAN-only `quality` instead, which is not read).
+    #[serde(default)]
+    pub qualities: Vec<Quality>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,19 +132,22 @@ pub struct Quality {
     pub texts: usize,
     pub labels: usize,
     pub embed_seconds: f64,
-    pub min_cluster_size: usize,
-    pub min_samples: usize,
-    pub selection: String,
-    pub clusters: usize,
-    pub noise_fraction: f64,
-    /// Of HDBSCAN's labels (noise as one label) against the set's.
-    pub v_measure: f64,
-    pub adjusted_rand_index: f64,
+    /// pulse's trend pipeline with the service's defaults, on the vectors.
+    pub trend_seconds: f64,
+    /// The pipeline's trends against the set's labels.
+    #[serde(flatten)]
+    pub scores: Scores,
     /// Texts with at least one of their 10 nearest neighbours (cosine) in
     /// their own label.
     pub recall_at_10: f64,
     /// Mean share of a text's 10 nearest neighbours in its own label.
     pub precision_at_10: f64,
+}
+
+/// A labelled set, loaded once for every model.
+struct LabelledSet {
+    name: String,
+    texts: Vec<LabelledText>,
 }
 
 pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
@@ -185,19 +181,18 @@ pub fn measure(args: &ModelsArgs) -> anyhow::Result<Report> {
     if args.seq_lens.is_empty() || args.tokens_per_case == 0 {
         bail!("--seq-lens and --tokens-per-case must be given");
     }
-    let labelled = if args.no_quality {
-        None
-    } else {
-        let set = labelled::load(&args.labelled, args.labelled_stride).with_context(|| {
-            format!(
-                "no labelled texts at {} (scripts/fetch-fortunes installs the default set; \
-                 or pass --labelled FILE.jsonl, or --no-quality)",
-                args.labelled.display()
-            )
-        })?;
-        Some(set)
-    };
-    let cases = args.seq_lens.len() * args.batch_sizes.len() + usize::from(labelled.is_some());
+    let mut labelled = Vec::new();
+    if !args.no_quality {
+        for spec in args.sets.iter().filter(|s| !s.is_empty()) {
+            let set = SetSpec::parse(spec)?;
+            let texts = set.load().context("or pass --no-quality")?;
+            labelled.push(LabelledSet {
+                name: spec.clone(),
+                texts,
+            });
+        }
+    }
+    let cases = args.seq_lens.len() * args.batch_sizes.len() + labelled.len();
     let progress = ProgressBar::new((args.models.len() * args.devices.len() * cases) as u64)
         .with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} cases, {elapsed} {wide_msg}")
@@ -207,7 +202,7 @@ pub fn measure(args: &ModelsArgs) -> anyhow::Result<Report> {
     for model in &args.models {
         for &device in &args.devices {
             progress.set_message(format!("loading {model} on {device}"));
-            let run = measure_model(args, model, device, labelled.as_deref(), &progress)
+            let run = measure_model(args, model, device, &labelled, &progress)
                 .with_context(|| format!("{model} on {device}"))?;
             runs.push(run);
         }
@@ -225,7 +220,7 @@ fn measure_model(
     args: &ModelsArgs,
     model: &str,
     device: DeviceSpec,
-    labelled: Option<&[LabelledText]>,
+    labelled: &[LabelledSet],
     progress: &ProgressBar,
 ) -> anyhow::Result<ModelRun> {
     let options = EmbedderOptions {
@@ -259,16 +254,16 @@ fn measure_model(
             progress.inc(1);
         }
     }
-    let quality = match labelled {
-        Some(set) => {
-            progress.set_message(format!("{model} on {}: quality", info.device));
-            let batch_size = args.batch_sizes.iter().copied().max().unwrap_or(32);
-            let quality = measure_quality(&embedder, set, args, batch_size)?;
-            progress.inc(1);
-            Some(quality)
-        }
-        None => None,
-    };
+    let mut qualities = Vec::new();
+    for set in labelled {
+        progress.set_message(format!(
+            "{model} on {}: quality on {}",
+            info.device, set.name
+        ));
+        let batch_size = args.batch_sizes.iter().copied().max().unwrap_or(32);
+        qualities.push(measure_quality(&embedder, set, batch_size)?);
+        progress.inc(1);
+    }
     Ok(ModelRun {
         model: model.to_string(),
         device: info.device,
@@ -281,7 +276,7 @@ fn measure_model(
         load_seconds,
         load_peak_rss_bytes,
         cases,
-        quality,
+        qualities,
     })
 }
 
@@ -404,10 +399,10 @@ pub fn percentiles_ms(seconds: &mut [f64]) -> Percentiles {
 
 fn measure_quality(
     embedder: &Embedder,
-    set: &[LabelledText],
-    args: &ModelsArgs,
+    labelled: &LabelledSet,
     batch_size: usize,
 ) -> anyhow::Result<Quality> {
+    let set = &labelled.texts;
     if set.len() <= RECALL_AT {
         bail!("{} labelled texts are too few to judge quality", set.len());
     }
@@ -420,26 +415,24 @@ fn measure_quality(
     let embed_seconds = started.elapsed().as_secs_f64();
     let dim = embedder.info().dimension;
     let truth = labelled::label_ids(set);
-    let mut params = Params::new(args.min_cluster_size);
-    params.min_samples = Some(args.min_samples);
-    params.selection = args.selection;
-    params.metric = Metric::Cosine;
-    let clustering = hdbscan_on(&embeddings, dim, &params, embedder.device())?;
+    let started = Instant::now();
+    let trends = find_trends(
+        &embeddings,
+        dim,
+        &texts,
+        &PipelineParams::default(),
+        embedder.device(),
+    )?;
+    let trend_seconds = started.elapsed().as_secs_f64();
     let neighbours = knn_on(Rows::new(&embeddings, dim)?, RECALL_AT, embedder.device())?;
     let (recall, precision) = neighbour_agreement(&truth, |i| neighbours.of(i).0);
-    let noise = clustering.labels.iter().filter(|&&l| l < 0).count();
     Ok(Quality {
-        set: args.labelled.display().to_string(),
+        set: labelled.name.clone(),
         texts: set.len(),
         labels: truth.iter().max().map_or(0, |&m| m as usize + 1),
         embed_seconds,
-        min_cluster_size: args.min_cluster_size,
-        min_samples: args.min_samples,
-        selection: args.selection.to_string(),
-        clusters: clustering.n_clusters,
-        noise_fraction: noise as f64 / set.len() as f64,
-        v_measure: v_measure(&truth, &clustering.labels),
-        adjusted_rand_index: adjusted_rand_index(&truth, &clustering.labels),
+        trend_seconds,
+        scores: scores(&truth, &trends.labels),
         recall_at_10: recall,
         precision_at_10: precision,
     })
@@ -529,31 +522,31 @@ pub fn markdown(report: &Report) -> String {
     let qualities: Vec<(&ModelRun, &Quality)> = report
         .runs
         .iter()
-        .filter_map(|run| Some((run, run.quality.as_ref()?)))
+        .flat_map(|run| run.qualities.iter().map(move |q| (run, q)))
         .collect();
-    if let Some((_, first)) = qualities.first() {
-        out += &format!(
-            "\nQuality on {} texts with {} labels from `{}`; HDBSCAN on cosine distance, \
-             min_cluster_size {}, min_samples {}, {} selection.\n\n\
-             | model | clusters | noise | V-measure | ARI | recall@10 | precision@10 |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-            first.texts,
-            first.labels,
-            first.set,
-            first.min_cluster_size,
-            first.min_samples,
-            first.selection
-        );
+    if !qualities.is_empty() {
+        out += "\nQuality: pulse's trend pipeline with the service's defaults on each model's \
+                vectors, scored against the set's labels (V-measure and ARI over all texts \
+                with noise as one class, and over the texts in a trend), and the texts' 10 \
+                nearest neighbours by cosine.\n\n\
+                | model | set | texts | labels | trends | in a trend | V-measure | V-measure, in a trend | ARI | recall@10 | precision@10 | embed s | trends s |\n\
+                | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
         for (run, q) in qualities {
             out += &format!(
-                "| {} | {} | {:.0} % | {:.4} | {:.4} | {:.4} | {:.4} |\n",
+                "| {} | {} | {} | {} | {} | {:.0} % | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} | {:.2} |\n",
                 run_name(run),
-                q.clusters,
-                q.noise_fraction * 100.0,
-                q.v_measure,
-                q.adjusted_rand_index,
+                q.set,
+                q.texts,
+                q.labels,
+                q.scores.trends,
+                q.scores.coverage * 100.0,
+                q.scores.v_measure,
+                q.scores.clustered_v_measure,
+                q.scores.ari,
                 q.recall_at_10,
-                q.precision_at_10
+                q.precision_at_10,
+                q.embed_seconds,
+                q.trend_seconds
             );
         }
     }
@@ -731,19 +724,26 @@ pub fn compare(baseline: &Report, candidate: &Report) -> String {
     }
     let qualities: Vec<_> = pairs
         .iter()
-        .filter_map(|(b, c)| Some((*b, *c, b.quality.as_ref()?, c.quality.as_ref()?)))
+        .flat_map(|(base, cand)| {
+            cand.qualities.iter().filter_map(move |c| {
+                let b = base.qualities.iter().find(|b| b.set == c.set)?;
+                Some((*base, *cand, b, c))
+            })
+        })
         .collect();
     if !qualities.is_empty() {
-        out += "\n| baseline → candidate | V-measure | ARI | recall@10 | precision@10 |\n\
-                | --- | ---: | ---: | ---: | ---: |\n";
+        out += "\n| baseline → candidate | set | V-measure | in a trend | ARI | recall@10 | precision@10 |\n\
+                | --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
         let delta = |c: f64, b: f64| format!("{b:.4} → {c:.4} ({:+.4})", c - b);
         for (base, cand, b, c) in qualities {
             out += &format!(
-                "| {} → {} | {} | {} | {} | {} |\n",
+                "| {} → {} | {} | {} | {} | {} | {} | {} |\n",
                 run_label(base),
                 run_label(cand),
-                delta(c.v_measure, b.v_measure),
-                delta(c.adjusted_rand_index, b.adjusted_rand_index),
+                c.set,
+                delta(c.scores.v_measure, b.scores.v_measure),
+                delta(c.scores.coverage, b.scores.coverage),
+                delta(c.scores.ari, b.scores.ari),
                 delta(c.recall_at_10, b.recall_at_10),
                 delta(c.precision_at_10, b.precision_at_10)
             );
@@ -811,21 +811,23 @@ mod tests {
                 load_seconds: 2.0,
                 load_peak_rss_bytes: Some(200 << 20),
                 cases,
-                quality: Some(Quality {
+                qualities: vec![Quality {
                     set: "set".into(),
                     texts: 100,
                     labels: 4,
                     embed_seconds: 1.0,
-                    min_cluster_size: 15,
-                    min_samples: 1,
-                    selection: "leaf".into(),
-                    clusters: 3,
-                    noise_fraction: 0.5,
-                    v_measure,
-                    adjusted_rand_index: 0.1,
+                    trend_seconds: 0.1,
+                    scores: Scores {
+                        trends: 3,
+                        coverage: 0.5,
+                        v_measure,
+                        ari: 0.1,
+                        clustered_v_measure: 0.8,
+                        clustered_ari: 0.2,
+                    },
                     recall_at_10: 0.9,
                     precision_at_10: 0.5,
-                }),
+                }],
             }],
         }
     }
@@ -857,7 +859,7 @@ mod tests {
             "{markdown}"
         );
         assert!(
-            markdown.contains("| b cpu f32 | 3 | 50 % | 0.3500 |"),
+            markdown.contains("| b cpu f32 | set | 100 | 4 | 3 | 50 % | 0.3500 | 0.8000 |"),
             "{markdown}"
         );
     }

@@ -9,10 +9,9 @@
 use crate::{cpu_name, median_run, workloads, write_report};
 use anyhow::{Context, bail};
 use pulse_bench::charts::{self, ChartFormat, LineChart, Series};
-use pulse_bench::labelled::{self, FORTUNES, LabelledText, WORDNET};
+use pulse_bench::labelled::{self, LabelledText, Scores, SetSpec, scores};
 use pulse_models::{DEFAULT_MODEL, Device, Embedder, EmbedderOptions};
 use pulse_trends::pipeline::{AssignBy, AssignmentParams, PipelineParams, find_trends};
-use pulse_trends::quality::{adjusted_rand_index, v_measure};
 use pulse_trends::{Params, Selection};
 use serde::Serialize;
 use std::io::Write;
@@ -57,43 +56,6 @@ pub struct TrendsArgs {
     /// are kept under it (`embeddings/`) so that a second run skips them.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
-}
-
-#[derive(Serialize)]
-struct Scores {
-    trends: usize,
-    coverage: f64,
-    v_measure: f64,
-    ari: f64,
-    clustered_v_measure: f64,
-    clustered_ari: f64,
-}
-
-fn scores(truth: &[i64], labels: &[i32]) -> Scores {
-    let clustered: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] >= 0).collect();
-    let kept_truth: Vec<i64> = clustered.iter().map(|&i| truth[i]).collect();
-    let kept_labels: Vec<i32> = clustered.iter().map(|&i| labels[i]).collect();
-    let trends = labels
-        .iter()
-        .copied()
-        .max()
-        .map_or(0, |m| (m + 1).max(0) as usize);
-    Scores {
-        trends,
-        coverage: clustered.len() as f64 / labels.len().max(1) as f64,
-        v_measure: v_measure(truth, labels),
-        ari: adjusted_rand_index(truth, labels),
-        clustered_v_measure: if clustered.is_empty() {
-            0.0
-        } else {
-            v_measure(&kept_truth, &kept_labels)
-        },
-        clustered_ari: if clustered.is_empty() {
-            0.0
-        } else {
-            adjusted_rand_index(&kept_truth, &kept_labels)
-        },
-    }
 }
 
 #[derive(Serialize)]
@@ -213,23 +175,9 @@ pub fn run(args: TrendsArgs) -> anyhow::Result<()> {
     let dim = embedder.info().dimension;
     let mut sets = Vec::new();
     for spec in args.sets.iter().filter(|s| !s.is_empty()) {
-        let (name, stride) = match spec.rsplit_once(':') {
-            Some((name, stride)) => (
-                name,
-                stride
-                    .parse::<usize>()
-                    .with_context(|| format!("`{spec}`: the stride is not a number"))?,
-            ),
-            None => (spec.as_str(), 1),
-        };
-        let path = match name {
-            "fortunes" => PathBuf::from(FORTUNES),
-            "wordnet" => PathBuf::from(WORDNET),
-            other => PathBuf::from(other),
-        };
-        let texts = labelled::load(&path, stride).with_context(|| {
-            format!("set `{name}` (scripts/fetch-fortunes and scripts/fetch-wordnet install the named sets)")
-        })?;
+        let set = SetSpec::parse(spec)?;
+        let texts = set.load()?;
+        let (name, stride) = (set.name.as_str(), set.stride);
         let (vectors, embed_seconds) = embeddings(&embedder, &texts, &args, name, stride)?;
         sets.push(measure_set(
             &args,

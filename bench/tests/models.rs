@@ -1,6 +1,6 @@
 //! `pulse-bench models` end to end on the default model: a small grid,
-//! quality on four clearly separate topics (pairs of one topic's terms), the report, the charts and a
-//! comparison of the run with itself.
+//! trend quality on four clearly separate topics (pairs of one topic's
+//! terms), the report, the charts and a comparison of the run with itself.
 
 use pulse_bench::models::{ModelsArgs, Report, compare, run};
 use pulse_models::{DEFAULT_MODEL, DTypeSpec, DeviceSpec, EncoderKind};
@@ -75,12 +75,8 @@ fn a_small_grid_reports_speed_memory_quality_and_charts() {
         encoder: EncoderKind::Native,
         threads: Some(2),
         tokens_per_case: 64,
-        labelled: set,
-        labelled_stride: 1,
+        sets: vec![set.display().to_string()],
         no_quality: false,
-        min_cluster_size: 5,
-        min_samples: 1,
-        selection: pulse_trends::Selection::Leaf,
         charts: vec![
             pulse_bench::models::ChartFormat::Png,
             pulse_bench::models::ChartFormat::Svg,
@@ -119,13 +115,16 @@ fn a_small_grid_reports_speed_memory_quality_and_charts() {
         assert!(case.peak_rss_bytes.unwrap() > 20 << 20);
         assert_eq!(case.peak_gpu_bytes, None);
     }
-    let quality = model.quality.as_ref().unwrap();
+    let [quality] = model.qualities.as_slice() else {
+        panic!("one set, one quality: {:?}", model.qualities);
+    };
     eprintln!("{quality:?}");
     assert_eq!((quality.texts, quality.labels), (80, 4));
     assert!(quality.recall_at_10 > 0.95, "{quality:?}");
     assert!(quality.precision_at_10 > 0.9, "{quality:?}");
-    assert!(quality.v_measure > 0.6, "{quality:?}");
-    assert!(quality.adjusted_rand_index > 0.4, "{quality:?}");
+    assert!(quality.scores.v_measure > 0.6, "{quality:?}");
+    assert!(quality.scores.ari > 0.4, "{quality:?}");
+    assert!(quality.scores.coverage > 0.5, "{quality:?}");
 
     let markdown = std::fs::read_to_string(out_dir.join("models.md")).unwrap();
     assert!(
@@ -158,12 +157,8 @@ fn a_missing_labelled_set_says_how_to_get_one() {
         encoder: EncoderKind::Native,
         threads: Some(1),
         tokens_per_case: 8,
-        labelled: dir.path().join("nothing.jsonl"),
-        labelled_stride: 1,
+        sets: vec![dir.path().join("nothing.jsonl").display().to_string()],
         no_quality: false,
-        min_cluster_size: 5,
-        min_samples: 1,
-        selection: pulse_trends::Selection::Leaf,
         charts: Vec::new(),
         no_charts: true,
         out_dir: dir.path().to_path_buf(),

@@ -263,6 +263,57 @@ impl AttentionProducts {
     }
 }
 
+/// Scores added by how far a key sits from its query, one table per head:
+/// MPNet's (and T5's) relative position bias, looked up once at load.
+#[derive(Debug, Clone)]
+pub struct RelativePositionBias {
+    /// `heads × (2·longest − 1)`: head h's bias for offset key − query at
+    /// `h · (2·longest − 1) + offset + longest − 1`.
+    values: Vec<f32>,
+    heads: usize,
+    longest: usize,
+}
+
+impl RelativePositionBias {
+    /// The table for sequences of up to `longest` tokens, `bias(head,
+    /// offset)` giving each head's bias for offset key − query.
+    pub fn new(heads: usize, longest: usize, bias: impl Fn(usize, isize) -> f32) -> Self {
+        let reach = longest.saturating_sub(1) as isize;
+        let values = (0..heads)
+            .flat_map(|head| (-reach..=reach).map(move |offset| (head, offset)))
+            .map(|(head, offset)| bias(head, offset))
+            .collect();
+        RelativePositionBias {
+            values,
+            heads,
+            longest,
+        }
+    }
+
+    /// Head `head`'s biases of query `query` over keys `0..len`.
+    fn row(&self, head: usize, query: usize, len: usize) -> &[f32] {
+        let span = 2 * self.longest - 1;
+        let start = head * span + (self.longest - 1 - query);
+        &self.values[start..start + len]
+    }
+
+    fn check(&self, heads: usize, lengths: &[usize]) -> Result<()> {
+        if self.heads != heads {
+            return Err(TransformerError::Shape(format!(
+                "the position bias has {} heads, the attention {heads}",
+                self.heads
+            )));
+        }
+        match lengths.iter().find(|&&len| len > self.longest) {
+            Some(len) => Err(TransformerError::Shape(format!(
+                "a sequence of {len} tokens is longer than the position bias's {}",
+                self.longest
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One attention job's working buffers, kept by each thread.
 #[derive(Default)]
 struct AttentionScratch {
@@ -276,19 +327,24 @@ struct AttentionScratch {
 /// `qkv` is `tokens × 3·hidden` (queries, keys, values side by side, heads
 /// contiguous within each), the queries already scaled by 1/√head_dim;
 /// `lengths` are the sequences' token counts in order, summing to `tokens`.
-/// Writes each token's attended values, heads side by side, into `context`
-/// (resized to `tokens × hidden`). A sequence attends only to itself.
+/// `position_bias`, where the model has one, is added to the scores before
+/// the softmax. Writes each token's attended values, heads side by side,
+/// into `context` (resized to `tokens × hidden`). A sequence attends only
+/// to itself.
 pub fn attention(
     qkv: &[f32],
     lengths: &[usize],
-    heads: usize,
-    head_dim: usize,
+    (heads, head_dim): (usize, usize),
+    position_bias: Option<&RelativePositionBias>,
     products: AttentionProducts,
     context: &mut Vec<f32>,
 ) -> Result<()> {
     let hidden = heads * head_dim;
     let tokens: usize = lengths.iter().sum();
     expect_len("packed query/key/value", qkv.len(), tokens * 3 * hidden)?;
+    if let Some(bias) = position_bias {
+        bias.check(heads, lengths)?;
+    }
     resize_for_overwrite(context, tokens * hidden);
     let starts: Vec<usize> = lengths
         .iter()
@@ -310,6 +366,14 @@ pub fn attention(
                 return;
             }
             let base = start * 3 * hidden + head * head_dim;
+            let softmax = |query: usize, scores: &mut [f32]| {
+                if let Some(bias) = position_bias {
+                    for (score, bias) in scores.iter_mut().zip(bias.row(head, query, len)) {
+                        *score += bias;
+                    }
+                }
+                softmax_in_place(scores);
+            };
             #[cfg(target_arch = "x86_64")]
             if on_amx {
                 use crate::matmul::amx::{Rows, attention_job};
@@ -332,7 +396,7 @@ pub fn attention(
                         (part(0), part(hidden), part(2 * hidden)),
                         out,
                         &mut scratch.amx,
-                        softmax_in_place,
+                        softmax,
                     )
                 };
                 return;
@@ -366,8 +430,8 @@ pub fn attention(
                     Operand::column_major(keys.as_ptr(), qkv_row),
                     Parallelism::None,
                 );
-                for row in scores.chunks_exact_mut(len) {
-                    softmax_in_place(row);
+                for (query, row) in scores.chunks_exact_mut(len).enumerate() {
+                    softmax(query, row);
                 }
                 multiply(
                     (len, head_dim, len),
@@ -499,13 +563,24 @@ mod tests {
         assert!(norm.apply_in_place(&mut [0.0; 6]).is_err());
     }
 
-    /// Attention of one sequence and head, written out the long way.
-    fn naive_attention(q: &[Vec<f32>], k: &[Vec<f32>], v: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    /// Attention of one sequence and head, written out the long way, with
+    /// `bias(offset)` added to each score.
+    fn naive_attention(
+        q: &[Vec<f32>],
+        k: &[Vec<f32>],
+        v: &[Vec<f32>],
+        bias: impl Fn(isize) -> f32,
+    ) -> Vec<Vec<f32>> {
         q.iter()
-            .map(|qi| {
+            .enumerate()
+            .map(|(i, qi)| {
                 let scores: Vec<f32> = k
                     .iter()
-                    .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum())
+                    .enumerate()
+                    .map(|(j, kj)| {
+                        let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                        dot + bias(j as isize - i as isize)
+                    })
                     .collect();
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -538,17 +613,24 @@ mod tests {
             (AttentionProducts::F32, 1e-5),
             (AttentionProducts::Bf16, 2e-2),
         ];
-        for ((heads, head_dim, lengths), (products, tolerance)) in shapes
+        // Without a position bias, and with one as large as the scores.
+        let bias_of = |head: usize, offset: isize| ((head * 7) as f32 + offset as f32 * 0.37).sin();
+        for (((heads, head_dim, lengths), (products, tolerance)), biased) in shapes
             .into_iter()
             .flat_map(|shape| runs.map(|run| (shape, run)))
+            .flat_map(|case| [(case, false), (case, true)])
         {
             let hidden = heads * head_dim;
             let tokens: usize = lengths.iter().sum();
             let qkv = values(tokens * 3 * hidden, 7);
+            let longest = lengths.iter().copied().max().unwrap_or(0);
+            let table = RelativePositionBias::new(heads, longest, bias_of);
+            let position_bias = biased.then_some(&table);
             // A buffer kept from an earlier layer: every value must be
             // written.
             let mut context = vec![f32::NAN; tokens * hidden];
-            attention(&qkv, lengths, heads, head_dim, products, &mut context).unwrap();
+            let shape = (heads, head_dim);
+            attention(&qkv, lengths, shape, position_bias, products, &mut context).unwrap();
             let mut start = 0;
             for &len in lengths {
                 for head in 0..heads {
@@ -560,7 +642,8 @@ mod tests {
                             })
                             .collect()
                     };
-                    let expected = naive_attention(&part(0), &part(1), &part(2));
+                    let bias = |offset| if biased { bias_of(head, offset) } else { 0.0 };
+                    let expected = naive_attention(&part(0), &part(1), &part(2), bias);
                     for (i, row) in expected.iter().enumerate() {
                         let at = (start + i) * hidden + head * head_dim;
                         assert_close(&context[at..at + head_dim], row, tolerance);
@@ -568,9 +651,29 @@ mod tests {
                 }
                 start += len;
             }
-            assert!(
-                attention(&qkv[1..], lengths, heads, head_dim, products, &mut context).is_err()
-            );
+            let broken = &qkv[1..];
+            assert!(attention(broken, lengths, shape, None, products, &mut context).is_err());
         }
+    }
+
+    #[test]
+    fn position_bias_must_cover_every_sequence_and_head() {
+        let (heads, head_dim, lengths) = (2, 4, [3, 5]);
+        let qkv = values(8 * 3 * heads * head_dim, 1);
+        let mut context = Vec::new();
+        let mut run = |bias: &RelativePositionBias| {
+            let products = AttentionProducts::F32;
+            attention(
+                &qkv,
+                &lengths,
+                (heads, head_dim),
+                Some(bias),
+                products,
+                &mut context,
+            )
+        };
+        assert!(run(&RelativePositionBias::new(2, 5, |_, _| 0.0)).is_ok());
+        assert!(run(&RelativePositionBias::new(2, 4, |_, _| 0.0)).is_err());
+        assert!(run(&RelativePositionBias::new(3, 5, |_, _| 0.0)).is_err());
     }
 }

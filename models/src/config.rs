@@ -2,10 +2,11 @@
 //! transformer's `config.json`, `modules.json`, `sentence_bert_config.json`
 //! and the pooling module's `config.json`.
 
-use crate::error::{ModelError, Result, parse_json};
+use crate::error::{ModelError, PromptError, Result, parse_json};
 use candle_transformers::models::bert;
 use pulse_kernels::Pooling;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,10 @@ pub enum Architecture {
     /// RoBERTa and XLM-RoBERTa: BERT's layers with positions counted from
     /// `pad_token_id + 1`.
     XlmRoberta,
+    /// MPNet: RoBERTa's positions, no token types, and a relative position
+    /// bias (bucketed by distance, one value per head) on every layer's
+    /// attention scores.
+    Mpnet,
 }
 
 impl Architecture {
@@ -24,6 +29,7 @@ impl Architecture {
         match model_type {
             "bert" => Ok(Architecture::Bert),
             "xlm-roberta" | "roberta" => Ok(Architecture::XlmRoberta),
+            "mpnet" => Ok(Architecture::Mpnet),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -34,6 +40,7 @@ impl fmt::Display for Architecture {
         f.write_str(match self {
             Architecture::Bert => "bert",
             Architecture::XlmRoberta => "xlm-roberta",
+            Architecture::Mpnet => "mpnet",
         })
     }
 }
@@ -50,6 +57,15 @@ pub struct ModelConfig {
     /// Longest input in tokens, special tokens included.
     pub max_seq_length: usize,
     pub do_lower_case: bool,
+    /// Buckets of MPNet's relative position bias (`None` for models
+    /// without one).
+    pub relative_attention_buckets: Option<usize>,
+    /// Texts put before the input, by name, from
+    /// `config_sentence_transformers.json` (E5's `query: `, BGE's
+    /// instruction).
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when a request names none.
+    pub default_prompt_name: Option<String>,
 }
 
 impl ModelConfig {
@@ -57,11 +73,39 @@ impl ModelConfig {
         self.encoder.hidden_size
     }
 
+    /// The prompt text for a request, as sentence-transformers chooses it:
+    /// a literal `prompt` as given (empty: none), else the prompt called
+    /// `name`, else the model's default prompt, else none.
+    pub fn prompt<'a>(
+        &'a self,
+        name: Option<&str>,
+        prompt: Option<&'a str>,
+    ) -> Result<&'a str, PromptError> {
+        match (name, prompt) {
+            (Some(_), Some(_)) => Err(PromptError::Both),
+            (None, Some(prompt)) => Ok(prompt),
+            (Some(name), None) => {
+                self.prompts
+                    .get(name)
+                    .map(String::as_str)
+                    .ok_or_else(|| PromptError::Unknown {
+                        name: name.to_string(),
+                        known: self.prompts.keys().cloned().collect(),
+                    })
+            }
+            (None, None) => Ok(self
+                .default_prompt_name
+                .as_ref()
+                .and_then(|name| self.prompts.get(name))
+                .map_or("", String::as_str)),
+        }
+    }
+
     /// How many positions the position-embedding table serves.
     fn max_positions(&self) -> usize {
         match self.architecture {
             Architecture::Bert => self.encoder.max_position_embeddings,
-            Architecture::XlmRoberta => self
+            Architecture::XlmRoberta | Architecture::Mpnet => self
                 .encoder
                 .max_position_embeddings
                 .saturating_sub(self.encoder.pad_token_id + 1),
@@ -86,11 +130,34 @@ impl ModelConfig {
             })?
             .to_string();
         let architecture = Architecture::from_model_type(&model_type)?;
+        let invalid = |message: String| ModelError::InvalidConfig {
+            path: config_path.clone(),
+            message,
+        };
+        let mut raw = raw;
+        let relative_attention_buckets = match architecture {
+            Architecture::Mpnet => {
+                let buckets = raw
+                    .get("relative_attention_num_buckets")
+                    .map_or(Some(32), serde_json::Value::as_u64)
+                    .filter(|&n| n >= 4)
+                    .ok_or_else(|| {
+                        invalid(
+                            "`relative_attention_num_buckets` is not a count of 4 or more".into(),
+                        )
+                    })?;
+                // MPNet has no token types; candle's config wants the count.
+                if let Some(fields) = raw.as_object_mut() {
+                    fields
+                        .entry("type_vocab_size")
+                        .or_insert(serde_json::Value::from(0));
+                }
+                Some(buckets as usize)
+            }
+            Architecture::Bert | Architecture::XlmRoberta => None,
+        };
         let mut encoder: bert::Config =
-            serde_json::from_value(raw).map_err(|e| ModelError::InvalidConfig {
-                path: config_path.clone(),
-                message: e.to_string(),
-            })?;
+            serde_json::from_value(raw).map_err(|e| invalid(e.to_string()))?;
         // candle's loader retries under a `{model_type}.` prefix on failure;
         // pulse finds the prefix itself, so a failure stays the real error.
         encoder.model_type = None;
@@ -102,6 +169,7 @@ impl ModelConfig {
             None => Pooling::Mean,
         };
         let sbert = read_sbert_config(dir)?;
+        let prompts = read_prompts(dir)?;
         let mut config = ModelConfig {
             architecture,
             model_type,
@@ -110,6 +178,9 @@ impl ModelConfig {
             normalize: modules.normalize,
             max_seq_length: 0,
             do_lower_case: sbert.do_lower_case,
+            relative_attention_buckets,
+            prompts: prompts.prompts,
+            default_prompt_name: prompts.default_prompt_name,
         };
         let wanted = match sbert.max_seq_length {
             Some(n) => n,
@@ -174,7 +245,7 @@ fn read_modules(dir: &Path) -> Result<Modules> {
     Ok(modules)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct PoolingFlags {
     #[serde(default)]
     pooling_mode_cls_token: bool,
@@ -188,10 +259,22 @@ struct PoolingFlags {
     pooling_mode_weightedmean_tokens: bool,
     #[serde(default)]
     pooling_mode_lasttoken: bool,
+    #[serde(default = "included")]
+    include_prompt: bool,
+}
+
+fn included() -> bool {
+    true
 }
 
 fn read_pooling(path: &Path) -> Result<Pooling> {
     let flags: PoolingFlags = parse_json(path)?;
+    if !flags.include_prompt {
+        return Err(ModelError::InvalidConfig {
+            path: path.to_path_buf(),
+            message: "pooling that leaves the prompt's tokens out (include_prompt: false) is not supported".into(),
+        });
+    }
     if flags.pooling_mode_weightedmean_tokens {
         return Err(ModelError::InvalidConfig {
             path: path.to_path_buf(),
@@ -246,6 +329,31 @@ fn read_sbert_config(dir: &Path) -> Result<SbertConfig> {
     }
 }
 
+#[derive(Deserialize, Default)]
+struct Prompts {
+    #[serde(default)]
+    prompts: BTreeMap<String, String>,
+    #[serde(default)]
+    default_prompt_name: Option<String>,
+}
+
+fn read_prompts(dir: &Path) -> Result<Prompts> {
+    let path = dir.join("config_sentence_transformers.json");
+    if !path.is_file() {
+        return Ok(Prompts::default());
+    }
+    let prompts: Prompts = parse_json(&path)?;
+    if let Some(name) = &prompts.default_prompt_name
+        && !prompts.prompts.contains_key(name)
+    {
+        return Err(ModelError::InvalidConfig {
+            path,
+            message: format!("the default prompt `{name}` is not among the prompts"),
+        });
+    }
+    Ok(prompts)
+}
+
 fn read_tokenizer_max_length(dir: &Path) -> Result<Option<usize>> {
     #[derive(Deserialize)]
     struct TokenizerConfig {
@@ -283,6 +391,18 @@ mod tests {
             std::fs::write(path, text).unwrap();
         }
         dir
+    }
+
+    /// A BERT model whose one module is pooling configured by `pooling`.
+    fn with_pooling(pooling: &str) -> tempfile::TempDir {
+        dir_with(&[
+            ("config.json", BERT_CONFIG),
+            (
+                "modules.json",
+                r#"[{"path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
+            ),
+            ("1_Pooling/config.json", pooling),
+        ])
     }
 
     #[test]
@@ -334,6 +454,79 @@ mod tests {
     }
 
     #[test]
+    fn mpnet_has_no_token_types_and_bucketed_positions() {
+        let mpnet = BERT_CONFIG
+            .replace("\"bert\"", "\"mpnet\"")
+            .replace(
+                "\"type_vocab_size\": 2,",
+                "\"relative_attention_num_buckets\": 16,",
+            )
+            .replace("\"pad_token_id\": 0", "\"pad_token_id\": 1");
+        let dir = dir_with(&[("config.json", &mpnet)]);
+        let config = ModelConfig::load(dir.path()).unwrap();
+        assert_eq!(config.architecture, Architecture::Mpnet);
+        assert_eq!(config.encoder.type_vocab_size, 0);
+        assert_eq!(config.relative_attention_buckets, Some(16));
+        assert_eq!(config.max_seq_length, 62);
+        let broken = mpnet.replace(
+            "\"relative_attention_num_buckets\": 16",
+            "\"relative_attention_num_buckets\": -3",
+        );
+        let dir = dir_with(&[("config.json", &broken)]);
+        let err = ModelConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("relative_attention_num_buckets"), "{err}");
+    }
+
+    #[test]
+    fn prompts_are_chosen_as_sentence_transformers_chooses_them() {
+        let dir = dir_with(&[
+            ("config.json", BERT_CONFIG),
+            (
+                "config_sentence_transformers.json",
+                r#"{"prompts": {"query": "query: ", "passage": "passage: "},
+                    "default_prompt_name": "passage"}"#,
+            ),
+        ]);
+        let config = ModelConfig::load(dir.path()).unwrap();
+        assert_eq!(config.prompt(None, None), Ok("passage: "));
+        assert_eq!(config.prompt(Some("query"), None), Ok("query: "));
+        assert_eq!(config.prompt(None, Some("")), Ok(""));
+        assert_eq!(config.prompt(None, Some("Represent: ")), Ok("Represent: "));
+        assert_eq!(
+            config.prompt(Some("query"), Some("x")),
+            Err(PromptError::Both)
+        );
+        let unknown = config.prompt(Some("doc"), None).unwrap_err().to_string();
+        assert!(
+            unknown.contains("`doc`") && unknown.contains("passage, query"),
+            "{unknown}"
+        );
+
+        let plain = dir_with(&[("config.json", BERT_CONFIG)]);
+        let config = ModelConfig::load(plain.path()).unwrap();
+        assert_eq!(config.prompt(None, None), Ok(""));
+        let none = config.prompt(Some("query"), None).unwrap_err().to_string();
+        assert!(none.contains("its prompts: none"), "{none}");
+
+        let dangling = dir_with(&[
+            ("config.json", BERT_CONFIG),
+            (
+                "config_sentence_transformers.json",
+                r#"{"prompts": {"query": "query: "}, "default_prompt_name": "passage"}"#,
+            ),
+        ]);
+        let err = ModelConfig::load(dangling.path()).unwrap_err().to_string();
+        assert!(err.contains("default prompt `passage`"), "{err}");
+    }
+
+    #[test]
+    fn pooling_without_the_prompt_is_refused() {
+        let dir = with_pooling(r#"{"pooling_mode_mean_tokens": true, "include_prompt": false}"#);
+        let err = ModelConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("include_prompt"), "{err}");
+    }
+
+    #[test]
     fn unknown_model_type_is_named() {
         let dir = dir_with(&[("config.json", &BERT_CONFIG.replace("\"bert\"", "\"mamba\""))]);
         let err = ModelConfig::load(dir.path()).unwrap_err();
@@ -346,17 +539,8 @@ mod tests {
 
     #[test]
     fn combined_pooling_modes_are_rejected() {
-        let dir = dir_with(&[
-            ("config.json", BERT_CONFIG),
-            (
-                "modules.json",
-                r#"[{"path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
-            ),
-            (
-                "1_Pooling/config.json",
-                r#"{"pooling_mode_cls_token": true, "pooling_mode_max_tokens": true}"#,
-            ),
-        ]);
+        let dir =
+            with_pooling(r#"{"pooling_mode_cls_token": true, "pooling_mode_max_tokens": true}"#);
         let err = ModelConfig::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("cls + max"), "{err}");
     }

@@ -3,12 +3,13 @@
 use crate::config::{Architecture, ModelConfig};
 use crate::device::{DTypeSpec, DeviceSpec, device_name};
 use crate::encoder::{Encoder, EncoderKind, batch_input};
-use crate::error::{ModelError, Result};
+use crate::error::{ModelError, PromptError, Result};
 use crate::source::{ModelOrigin, ResolveOptions, ResolvedModel, resolve_with};
-use crate::tokenize::{TextTokenizer, TokenizedText};
+use crate::tokenize::{TextTokenizer, TokenizedText, from_token_ids};
 use candle_core::Device;
 use pulse_kernels::Pooling;
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,10 @@ pub struct ModelInfo {
     pub pooling: Pooling,
     pub normalize: bool,
     pub max_seq_length: usize,
+    /// Named prompts (`config_sentence_transformers.json`).
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt put before texts when a request names none.
+    pub default_prompt_name: Option<String>,
     pub parameters: usize,
     pub dir: PathBuf,
     pub origin: ModelOrigin,
@@ -106,6 +111,8 @@ impl Embedder {
             pooling: config.pooling,
             normalize: config.normalize,
             max_seq_length: config.max_seq_length,
+            prompts: config.prompts.clone(),
+            default_prompt_name: config.default_prompt_name.clone(),
             parameters,
             dir: model.dir,
             origin: model.origin,
@@ -139,16 +146,40 @@ impl Embedder {
         &self.device
     }
 
-    /// Tokenizes each text, cutting at the model's maximum length; one result
-    /// per text so one bad text does not sink the others.
+    /// The prompt text for a request: a literal `prompt` (empty: none), or
+    /// the one called `name`, or the model's default (see
+    /// [`ModelConfig::prompt`]).
+    pub fn prompt(&self, name: Option<&str>, prompt: Option<&str>) -> Result<String, PromptError> {
+        self.config.prompt(name, prompt).map(str::to_string)
+    }
+
+    /// Tokenizes each text with the model's default prompt (if it has one),
+    /// cutting at the model's maximum length; one result per text so one bad
+    /// text does not sink the others.
     pub fn tokenize(&self, texts: &[&str]) -> Vec<Result<TokenizedText>> {
+        let default = self.config.prompt(None, None).unwrap_or_default();
+        self.tokenize_with_prompt(texts, default)
+    }
+
+    /// As [`Embedder::tokenize`], with `prompt` put before every text
+    /// (empty: none).
+    pub fn tokenize_with_prompt(&self, texts: &[&str], prompt: &str) -> Vec<Result<TokenizedText>> {
         self.install(|| {
             texts
                 .par_iter()
                 .enumerate()
-                .map(|(index, text)| self.tokenizer.tokenize(index, text))
+                .map(|(index, text)| self.tokenizer.tokenize(index, text, prompt))
                 .collect()
         })
+    }
+
+    /// Token ids tokenized by the caller, as the model is to see them
+    /// (special tokens included, no prompt added): checked against the
+    /// vocabulary and cut at the model's maximum length. `index` names the
+    /// input in errors.
+    pub fn from_token_ids(&self, index: usize, ids: &[u32]) -> Result<TokenizedText> {
+        let vocab = self.config.encoder.vocab_size;
+        from_token_ids(index, ids, vocab, self.config.max_seq_length)
     }
 
     /// Embeds already tokenized texts as one padded batch. The result for a

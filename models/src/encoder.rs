@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::bert::{self, BertModel, HiddenAct};
 use pulse_kernels::transformer::{
-    self as kernels, Activation, AttentionProducts, Dense, WeightPrecision,
+    self as kernels, Activation, AttentionProducts, Dense, RelativePositionBias, WeightPrecision,
 };
 use std::fmt;
 use std::path::Path;
@@ -19,7 +19,7 @@ use std::sync::{Mutex, PoisonError};
 /// Which implementation runs the transformer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EncoderKind {
-    /// pulse's encoder: BERT and XLM-RoBERTa, any dtype.
+    /// pulse's encoder: BERT, XLM-RoBERTa and MPNet, any dtype.
     #[default]
     Native,
     /// candle-transformers' `BertModel`: BERT only, f32 only (its attention
@@ -79,7 +79,7 @@ impl Encoder {
         let vb = open_weights(dir, precision.dtype, device)?;
         let prefix = weight_prefix(&vb).ok_or_else(|| ModelError::InvalidConfig {
             path: dir.to_path_buf(),
-            message: "the weights hold no `embeddings.word_embeddings.weight` (under no prefix, `bert.`, `roberta.` or `model.`)".into(),
+            message: "the weights hold no `embeddings.word_embeddings.weight` (under no prefix, `bert.`, `roberta.`, `mpnet.` or `model.`)".into(),
         })?;
         let vb = if prefix.is_empty() { vb } else { vb.pp(prefix) };
         let encoder = match kind {
@@ -146,14 +146,16 @@ fn open_weights(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<
 
 /// Checkpoints saved from a task model nest the encoder under a prefix.
 fn weight_prefix(vb: &VarBuilder) -> Option<&'static str> {
-    ["", "bert", "roberta", "model"].into_iter().find(|prefix| {
-        let name = "embeddings.word_embeddings.weight";
-        if prefix.is_empty() {
-            vb.contains_tensor(name)
-        } else {
-            vb.contains_tensor(&format!("{prefix}.{name}"))
-        }
-    })
+    ["", "bert", "roberta", "mpnet", "model"]
+        .into_iter()
+        .find(|prefix| {
+            let name = "embeddings.word_embeddings.weight";
+            if prefix.is_empty() {
+                vb.contains_tensor(name)
+            } else {
+                vb.contains_tensor(&format!("{prefix}.{name}"))
+            }
+        })
 }
 
 /// Parameters of the encoder as configured (the pooler head is not run and not counted).
@@ -162,7 +164,8 @@ fn parameter_count(config: &ModelConfig) -> usize {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h;
     let layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
-    embeddings + c.num_hidden_layers * layer
+    let position_bias = config.relative_attention_buckets.unwrap_or(0) * c.num_attention_heads;
+    embeddings + c.num_hidden_layers * layer + position_bias
 }
 
 /// Builds the padded batch tensors for `sequences` (each `(ids, type_ids)`).
@@ -192,8 +195,10 @@ pub(crate) fn batch_input(
                 Architecture::Bert => t as u32,
                 // RoBERTa counts positions from pad + 1 and gives padding the
                 // pad position.
-                Architecture::XlmRoberta if t < seq_ids.len() => pad_id + 1 + t as u32,
-                Architecture::XlmRoberta => pad_id,
+                Architecture::XlmRoberta | Architecture::Mpnet if t < seq_ids.len() => {
+                    pad_id + 1 + t as u32
+                }
+                Architecture::XlmRoberta | Architecture::Mpnet => pad_id,
             };
         }
     }
@@ -218,6 +223,8 @@ pub(crate) struct NativeEncoder {
     position_embeddings: Embedding,
     token_type_embeddings: Option<Embedding>,
     embedding_norm: LayerNorm,
+    /// Boxed: only MPNet has one.
+    position_bias: Option<Box<PositionBias>>,
     layers: Layers,
     heads: usize,
     head_dim: usize,
@@ -260,6 +267,70 @@ impl LayerBuffers {
             + self.intermediate.capacity();
         values * size_of::<f32>()
     }
+}
+
+/// MPNet's relative position bias: a learned value per bucket and head,
+/// added to every layer's attention scores.
+struct PositionBias {
+    /// `buckets × heads`, as the checkpoint stores it.
+    weights: Vec<f32>,
+    buckets: usize,
+    heads: usize,
+    /// Each head's bias per offset, for the CPU layers.
+    by_offset: RelativePositionBias,
+}
+
+impl PositionBias {
+    fn load(vb: VarBuilder, buckets: usize, heads: usize, longest: usize) -> Result<Self> {
+        let weights = vb
+            .get((buckets, heads), "relative_attention_bias.weight")?
+            .to_dtype(DType::F32)?;
+        let mut bias = PositionBias {
+            weights: host_values(&weights)?,
+            buckets,
+            heads,
+            by_offset: RelativePositionBias::new(0, 0, |_, _| 0.0),
+        };
+        bias.by_offset =
+            RelativePositionBias::new(heads, longest, |head, offset| bias.value(head, offset));
+        Ok(bias)
+    }
+
+    fn value(&self, head: usize, offset: isize) -> f32 {
+        self.weights[mpnet_bucket(offset, self.buckets) * self.heads + head]
+    }
+
+    /// The bias of every (head, query, key) of a `seq`-token padded batch,
+    /// `1 × heads × seq × seq`.
+    fn scores(&self, seq: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let values: Vec<f32> = (0..self.heads)
+            .flat_map(|head| {
+                (0..seq).flat_map(move |query| {
+                    (0..seq).map(move |key| self.value(head, key as isize - query as isize))
+                })
+            })
+            .collect();
+        Tensor::from_vec(values, (1, self.heads, seq, seq), device)?.to_dtype(dtype)
+    }
+}
+
+/// MPNet's bucket for a key `offset` places after its query (before, where
+/// negative): half the buckets each way, one per place up to a quarter of
+/// them, then logarithmic in the distance up to 128 places. Computed in f32
+/// as MPNet's PyTorch code does, so that distances on a bucket's edge fall
+/// the same way.
+fn mpnet_bucket(offset: isize, buckets: usize) -> usize {
+    const MAX_DISTANCE: usize = 128;
+    let half = buckets / 2;
+    let exact = half / 2;
+    let side = if offset > 0 { half } else { 0 };
+    let distance = offset.unsigned_abs();
+    if distance < exact {
+        return side + distance;
+    }
+    let range = ((MAX_DISTANCE as f64 / exact as f64).ln()) as f32;
+    let beyond = (distance as f32 / exact as f32).ln() / range * (half - exact) as f32;
+    side + (exact + beyond as usize).min(half - 1)
 }
 
 struct EncoderLayer {
@@ -339,8 +410,19 @@ impl NativeEncoder {
             None
         };
         let layers = (0..c.num_hidden_layers)
-            .map(|i| EncoderLayer::load(vb.pp(format!("encoder.layer.{i}")), c))
+            .map(|i| {
+                EncoderLayer::load(vb.pp(format!("encoder.layer.{i}")), c, config.architecture)
+            })
             .collect::<Result<Vec<_>>>()?;
+        let position_bias = match config.relative_attention_buckets {
+            Some(buckets) => Some(Box::new(PositionBias::load(
+                vb.pp("encoder"),
+                buckets,
+                heads,
+                config.max_seq_length,
+            )?)),
+            None => None,
+        };
         let layers = match cpu_kernels {
             Some(dense_weights) => Layers::Cpu(CpuLayers {
                 layers: layers
@@ -360,6 +442,7 @@ impl NativeEncoder {
             )?,
             token_type_embeddings,
             embedding_norm: candle_nn::layer_norm(h, c.layer_norm_eps, emb.pp("LayerNorm"))?,
+            position_bias,
             layers,
             heads,
             head_dim: h / heads,
@@ -391,9 +474,13 @@ impl NativeEncoder {
                 let dtype = hidden.dtype();
                 // (mask - 1) × penalty: 0 for tokens, -penalty for padding,
                 // shaped to broadcast over heads and query positions.
-                let score_bias = ((input.mask.to_dtype(DType::F32)? - 1.0)? * PADDING_PENALTY)?
+                let mut score_bias = ((input.mask.to_dtype(DType::F32)? - 1.0)? * PADDING_PENALTY)?
                     .to_dtype(dtype)?
                     .reshape((batch, 1, 1, seq))?;
+                if let Some(position_bias) = &self.position_bias {
+                    let positions = position_bias.scores(seq, dtype, hidden.device())?;
+                    score_bias = score_bias.broadcast_add(&positions)?;
+                }
                 for layer in layers {
                     hidden =
                         self.layer_forward(layer, &hidden, &score_bias, packing, batch, seq)?;
@@ -430,7 +517,9 @@ impl NativeEncoder {
         for layer in &layers.layers {
             layer.qkv.forward(&hidden, None, qkv)?;
             let products = AttentionProducts::for_weights(layer.qkv.precision());
-            kernels::attention(qkv, lengths, self.heads, self.head_dim, products, context)?;
+            let position_bias = self.position_bias.as_ref().map(|bias| &bias.by_offset);
+            let shape = (self.heads, self.head_dim);
+            kernels::attention(qkv, lengths, shape, position_bias, products, context)?;
             layer
                 .attention_out
                 .forward(context, Some(&hidden), attended)?;
@@ -530,24 +619,43 @@ impl Packing {
 }
 
 impl EncoderLayer {
-    fn load(vb: VarBuilder, c: &bert::Config) -> Result<Self> {
+    /// Reads layer weights as BERT names them (`attention.self.query`,
+    /// `attention.output.dense`, …) or as MPNet does (`attention.attn.q`,
+    /// `attention.attn.o`, `attention.LayerNorm`).
+    fn load(vb: VarBuilder, c: &bert::Config, architecture: Architecture) -> Result<Self> {
         let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let attention = vb.pp("attention");
+        let (projections, [query, key, value, out], norm) = match architecture {
+            Architecture::Bert | Architecture::XlmRoberta => (
+                attention.pp("self"),
+                ["query", "key", "value", "dense"],
+                attention.pp("output").pp("LayerNorm"),
+            ),
+            Architecture::Mpnet => (
+                attention.pp("attn"),
+                ["q", "k", "v", "o"],
+                attention.pp("LayerNorm"),
+            ),
+        };
+        let attention_out = match architecture {
+            Architecture::Bert | Architecture::XlmRoberta => attention.pp("output").pp(out),
+            Architecture::Mpnet => projections.pp(out),
+        };
         let projection = |name: &str| -> candle_core::Result<(Tensor, Tensor)> {
-            let vb = attention.pp("self").pp(name);
+            let vb = projections.pp(name);
             Ok((vb.get((h, h), "weight")?, vb.get(h, "bias")?))
         };
-        let (qw, qb) = projection("query")?;
-        let (kw, kb) = projection("key")?;
-        let (vw, vb_) = projection("value")?;
+        let (qw, qb) = projection(query)?;
+        let (kw, kb) = projection(key)?;
+        let (vw, vb_) = projection(value)?;
         let qkv = Linear::new(
             Tensor::cat(&[qw, kw, vw], 0)?,
             Some(Tensor::cat(&[qb, kb, vb_], 0)?),
         );
         Ok(EncoderLayer {
             qkv,
-            attention_out: candle_nn::linear(h, h, attention.pp("output").pp("dense"))?,
-            attention_norm: candle_nn::layer_norm(h, eps, attention.pp("output").pp("LayerNorm"))?,
+            attention_out: candle_nn::linear(h, h, attention_out)?,
+            attention_norm: candle_nn::layer_norm(h, eps, norm)?,
             intermediate: candle_nn::linear(h, i, vb.pp("intermediate").pp("dense"))?,
             output: candle_nn::linear(i, h, vb.pp("output").pp("dense"))?,
             output_norm: candle_nn::layer_norm(h, eps, vb.pp("output").pp("LayerNorm"))?,
@@ -638,6 +746,8 @@ mod tests {
     const INTERMEDIATE: usize = 40;
     const VOCAB: usize = 50;
 
+    const BUCKETS: usize = 8;
+
     fn tiny_config() -> ModelConfig {
         ModelConfig {
             architecture: Architecture::Bert,
@@ -655,7 +765,21 @@ mod tests {
             normalize: true,
             max_seq_length: 32,
             do_lower_case: false,
+            relative_attention_buckets: None,
+            prompts: Default::default(),
+            default_prompt_name: None,
         }
+    }
+
+    fn tiny_mpnet_config() -> ModelConfig {
+        let mut config = tiny_config();
+        config.architecture = Architecture::Mpnet;
+        config.model_type = "mpnet".into();
+        config.encoder.type_vocab_size = 0;
+        config.encoder.pad_token_id = 1;
+        config.max_seq_length = 30;
+        config.relative_attention_buckets = Some(BUCKETS);
+        config
     }
 
     fn random_weights(config: &ModelConfig) -> HashMap<String, Tensor> {
@@ -671,15 +795,30 @@ mod tests {
             &[32, h],
             0.0,
         );
-        put(
-            "embeddings.token_type_embeddings.weight".into(),
-            &[2, h],
-            0.0,
-        );
+        let mpnet = config.architecture == Architecture::Mpnet;
+        if mpnet {
+            let heads = config.encoder.num_attention_heads;
+            put(
+                "encoder.relative_attention_bias.weight".into(),
+                &[BUCKETS, heads],
+                0.0,
+            );
+        } else {
+            put(
+                "embeddings.token_type_embeddings.weight".into(),
+                &[2, h],
+                0.0,
+            );
+        }
+        let attention_norm = if mpnet {
+            "attention.LayerNorm"
+        } else {
+            "attention.output.LayerNorm"
+        };
         for norm in ["embeddings.LayerNorm".to_string()].into_iter().chain(
             (0..config.encoder.num_hidden_layers).flat_map(|l| {
                 [
-                    format!("encoder.layer.{l}.attention.output.LayerNorm"),
+                    format!("encoder.layer.{l}.{attention_norm}"),
                     format!("encoder.layer.{l}.output.LayerNorm"),
                 ]
             }),
@@ -687,12 +826,27 @@ mod tests {
             put(format!("{norm}.weight"), &[h], 1.0);
             put(format!("{norm}.bias"), &[h], 0.0);
         }
+        let projections = if mpnet {
+            [
+                "attention.attn.q",
+                "attention.attn.k",
+                "attention.attn.v",
+                "attention.attn.o",
+            ]
+        } else {
+            [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+            ]
+        };
         for l in 0..config.encoder.num_hidden_layers {
             let dense = [
-                ("attention.self.query", h, h),
-                ("attention.self.key", h, h),
-                ("attention.self.value", h, h),
-                ("attention.output.dense", h, h),
+                (projections[0], h, h),
+                (projections[1], h, h),
+                (projections[2], h, h),
+                (projections[3], h, h),
                 ("intermediate.dense", i, h),
                 ("output.dense", h, i),
             ];
@@ -729,7 +883,13 @@ mod tests {
 
     #[test]
     fn cpu_kernels_give_candle_ops_states_on_a_mixed_batch() {
-        let config = tiny_config();
+        for config in [tiny_config(), tiny_mpnet_config()] {
+            cpu_kernels_give_candle_ops_states(&config);
+        }
+    }
+
+    fn cpu_kernels_give_candle_ops_states(config: &ModelConfig) {
+        let config = config.clone();
         let weights = random_weights(&config);
         let encoder = |cpu_kernels| tiny_encoder(&config, &weights, cpu_kernels);
         let (kernels, ops) = (encoder(Some(WeightPrecision::F32)), encoder(None));
@@ -799,6 +959,76 @@ mod tests {
             panic!("the CPU layers were not loaded");
         };
         assert_eq!(layers.spare.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn mpnet_buckets_follow_mpnet() {
+        // Worked by hand from MPNet's formula with 32 buckets: keys before
+        // the query in 0..16, after it in 16..32; exact below 8 places,
+        // then 8 + ⌊ln(d/8) / ln 16 · 8⌋, at most 15.
+        let expected = [
+            (0, 0),
+            (-1, 1),
+            (1, 17),
+            (-7, 7),
+            (-8, 8),
+            (-12, 9),
+            (-16, 10),
+            (-32, 12),
+            (-64, 14),
+            (-127, 15),
+            (-128, 15),
+            (-1000, 15),
+            (20, 26),
+            (1000, 31),
+        ];
+        for (offset, bucket) in expected {
+            assert_eq!(mpnet_bucket(offset, 32), bucket, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn mpnet_position_bias_reaches_every_layer_path() {
+        let config = tiny_mpnet_config();
+        let mut weights = random_weights(&config);
+        let input = tiny_batch(&config, &[&[3, 17, 9, 4, 2], &[8, 1, 44, 2]]);
+        let states = |weights: &HashMap<String, Tensor>, cpu_kernels| {
+            tiny_encoder(&config, weights, cpu_kernels)
+                .forward(&input)
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap()
+        };
+        let before = [
+            states(&weights, None),
+            states(&weights, Some(WeightPrecision::F32)),
+        ];
+        let name = "encoder.relative_attention_bias.weight";
+        let changed = (weights[name].clone() + 1.5).unwrap();
+        weights.insert(name.into(), changed);
+        let after = [
+            states(&weights, None),
+            states(&weights, Some(WeightPrecision::F32)),
+        ];
+        // A bias the same for every bucket and head cancels in the softmax.
+        for (a, b) in before.iter().zip(&after) {
+            for (x, y) in a[0][0].iter().zip(&b[0][0]) {
+                assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+            }
+        }
+        let scale = (weights[name].clone() * 3.0).unwrap();
+        weights.insert(name.into(), scale);
+        let scaled = [
+            states(&weights, None),
+            states(&weights, Some(WeightPrecision::F32)),
+        ];
+        for (a, b) in after.iter().zip(&scaled) {
+            let moved = a[0][0]
+                .iter()
+                .zip(&b[0][0])
+                .any(|(x, y)| (x - y).abs() > 1e-3);
+            assert!(moved, "the position bias changed nothing");
+        }
     }
 
     #[test]

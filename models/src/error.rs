@@ -24,11 +24,14 @@ pub enum ModelError {
     #[error("invalid {path}: {message}")]
     InvalidConfig { path: PathBuf, message: String },
 
-    #[error("unsupported architecture `{0}` (supported: bert and xlm-roberta families)")]
+    #[error("unsupported architecture `{0}` (supported: bert, xlm-roberta and mpnet families)")]
     UnsupportedArchitecture(String),
 
     #[error("cannot load tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
+
+    #[error("{0}")]
+    Prompt(#[from] PromptError),
 
     #[error("text {index} cannot be tokenized: {message}")]
     Tokenize { index: usize, message: String },
@@ -59,6 +62,15 @@ pub enum ModelError {
 
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+/// A request's prompt that the model cannot give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromptError {
+    #[error("the model has no prompt named `{name}`; its prompts: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    Unknown { name: String, known: Vec<String> },
+    #[error("give a prompt or a prompt name, not both")]
+    Both,
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

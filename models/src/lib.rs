@@ -21,7 +21,7 @@ pub use config::{Architecture, ModelConfig};
 pub use device::{DTypeSpec, DeviceSpec, GpuMemory, Precision, device_name, gpu_memory};
 pub use embedder::{Embedder, EmbedderOptions, ModelInfo};
 pub use encoder::EncoderKind;
-pub use error::{ModelError, Result};
+pub use error::{ModelError, PromptError, Result};
 pub use pulse_kernels::Pooling;
 pub use source::{
     DEFAULT_MODEL, HubId, ModelOrigin, ResolveOptions, ResolvedModel, resolve, resolve_with,

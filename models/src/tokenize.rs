@@ -58,8 +58,17 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner, lowercase })
     }
 
-    /// Tokenizes one text; `index` names it in errors.
-    pub(crate) fn tokenize(&self, index: usize, text: &str) -> Result<TokenizedText> {
+    /// Tokenizes one text with `prompt` put before it, as
+    /// sentence-transformers does (so the prompt's tokens count, and are cut
+    /// last); `index` names the text in errors.
+    pub(crate) fn tokenize(&self, index: usize, text: &str, prompt: &str) -> Result<TokenizedText> {
+        let prompted;
+        let text = if prompt.is_empty() {
+            text
+        } else {
+            prompted = format!("{prompt}{text}");
+            prompted.as_str()
+        };
         // sentence-transformers strips every input before tokenizing; an
         // empty text becomes just the special tokens, as it does there.
         let text = text.trim();
@@ -82,5 +91,53 @@ impl TextTokenizer {
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),
         })
+    }
+}
+
+/// Token ids a caller tokenized itself (special tokens included, as the
+/// model is to see them), checked against the vocabulary and cut at
+/// `max_seq_length`; `index` names the input in errors.
+pub(crate) fn from_token_ids(
+    index: usize,
+    ids: &[u32],
+    vocab_size: usize,
+    max_seq_length: usize,
+) -> Result<TokenizedText> {
+    let invalid = |message: String| ModelError::Tokenize { index, message };
+    if ids.is_empty() {
+        return Err(invalid("no token ids".into()));
+    }
+    if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+        return Err(invalid(format!(
+            "token id {id} is outside the model's vocabulary of {vocab_size}"
+        )));
+    }
+    let kept = &ids[..ids.len().min(max_seq_length)];
+    Ok(TokenizedText {
+        ids: kept.to_vec(),
+        type_ids: vec![0; kept.len()],
+        truncated: kept.len() < ids.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ids_are_checked_and_cut() {
+        let text = from_token_ids(0, &[101, 2000, 102], 30522, 256).unwrap();
+        assert_eq!(
+            (text.ids, text.type_ids, text.truncated),
+            (vec![101, 2000, 102], vec![0; 3], false)
+        );
+        let cut = from_token_ids(0, &[1, 2, 3, 4], 10, 3).unwrap();
+        assert_eq!((cut.ids, cut.truncated), (vec![1, 2, 3], true));
+        let outside = from_token_ids(4, &[1, 10], 10, 3).unwrap_err().to_string();
+        assert!(
+            outside.contains("text 4") && outside.contains("token id 10"),
+            "{outside}"
+        );
+        assert!(from_token_ids(0, &[], 10, 3).is_err());
     }
 }

@@ -3,47 +3,17 @@
 //! `scripts/fetch-model` (the test scripts run it).
 
 mod common;
+#[path = "common/fixtures.rs"]
+mod fixtures;
 
 use common::{cosine, offline_cpu_options};
+use fixtures::{Parity, assert_token_counts, embed_mixed};
 use pulse_models::{DEFAULT_MODEL, DTypeSpec, Embedder, EmbedderOptions, EncoderKind, ModelError};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
-struct Case {
-    id: String,
-    text: String,
-    tokens: usize,
-    truncated: bool,
-    embedding: Vec<f32>,
-}
-
-fn fixtures_dir() -> PathBuf {
-    std::env::var_os("PULSE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-}
-
-fn cases() -> Vec<Case> {
-    let path = fixtures_dir().join("minilm/cases.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e} (set PULSE_FIXTURES)", path.display()));
-    text.lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            Case {
-                id: v["id"].as_str().unwrap().to_string(),
-                text: v["text"].as_str().unwrap().to_string(),
-                tokens: v["tokens"].as_u64().unwrap() as usize,
-                truncated: v["truncated"].as_bool().unwrap(),
-                embedding: v["embedding"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect(),
-            }
-        })
-        .collect()
+fn cases() -> Vec<fixtures::Case> {
+    fixtures::cases("minilm")
 }
 
 fn load(encoder: EncoderKind) -> Embedder {
@@ -54,23 +24,6 @@ fn load(encoder: EncoderKind) -> Embedder {
 fn embedder() -> &'static Embedder {
     static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
     EMBEDDER.get_or_init(|| load(EncoderKind::Native))
-}
-
-/// Embeds `cases` in batches that mix short and long texts: each batch takes
-/// texts from both ends of the fixture file, where the short and long ones are.
-fn embed_mixed(embedder: &Embedder, cases: &[Case], batch_size: usize) -> Vec<Vec<f32>> {
-    let n = cases.len();
-    let order: Vec<usize> = (0..n)
-        .map(|i| if i % 2 == 0 { i / 2 } else { n - 1 - i / 2 })
-        .collect();
-    let mut out = vec![Vec::new(); n];
-    for chunk in order.chunks(batch_size) {
-        let texts: Vec<&str> = chunk.iter().map(|&i| cases[i].text.as_str()).collect();
-        for (&i, vector) in chunk.iter().zip(embedder.embed(&texts).unwrap()) {
-            out[i] = vector;
-        }
-    }
-    out
 }
 
 #[test]
@@ -87,68 +40,18 @@ fn matches_sentence_transformers_in_mixed_batches() {
     assert!(parity.lowest >= 0.9999, "{parity}");
 }
 
-/// How close embeddings come to the fixtures.
-struct Parity {
-    lowest: f32,
-    lowest_case: String,
-    mean: f32,
-}
-
-impl Parity {
-    fn of(cases: &[Case], vectors: &[Vec<f32>]) -> Self {
-        let cosines: Vec<f32> = cases
-            .iter()
-            .zip(vectors)
-            .map(|(case, v)| cosine(&case.embedding, v))
-            .collect();
-        let (lowest, at) =
-            cosines.iter().enumerate().fold(
-                (f32::INFINITY, 0),
-                |a, (i, &c)| if c < a.0 { (c, i) } else { a },
-            );
-        Parity {
-            lowest,
-            lowest_case: cases[at].id.clone(),
-            mean: cosines.iter().sum::<f32>() / cosines.len() as f32,
-        }
-    }
-}
-
-impl std::fmt::Display for Parity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "lowest cosine {:.6} ({}), mean {:.6}",
-            self.lowest, self.lowest_case, self.mean
-        )
-    }
-}
-
 /// `--dtype int8` and `--dtype bf16`: the dense layers' weights in that
 /// precision, within the bound of the fixtures. bf16 loads only on
 /// CPUs with AVX-512 BF16; elsewhere it must say so.
 #[test]
 fn reduced_precisions_stay_close_to_sentence_transformers() {
-    let cases = cases();
-    for (dtype, name) in [(DTypeSpec::Int8, "int8"), (DTypeSpec::BF16, "bf16")] {
+    fixtures::assert_reduced_precisions(&cases(), |dtype| {
         let options = EmbedderOptions {
             dtype,
             ..offline_cpu_options(EncoderKind::Native)
         };
-        let embedder = match Embedder::load(DEFAULT_MODEL, &options) {
-            Ok(embedder) => embedder,
-            Err(err) if dtype == DTypeSpec::BF16 => {
-                assert!(err.to_string().contains("AVX-512 BF16"), "{err}");
-                eprintln!("bf16 not measured: {err}");
-                continue;
-            }
-            Err(err) => panic!("{name}: {err}"),
-        };
-        assert_eq!(embedder.info().dtype, name);
-        let parity = Parity::of(&cases, &embed_mixed(&embedder, &cases, 13));
-        eprintln!("{name} on {}: {parity}", embedder.info().kernels);
-        assert!(parity.lowest >= 0.999, "{name}: {parity}");
-    }
+        Embedder::load(DEFAULT_MODEL, &options)
+    });
 }
 
 #[test]
@@ -166,17 +69,7 @@ fn the_candle_reference_refuses_int8() {
 
 #[test]
 fn token_counts_and_truncation_match_sentence_transformers() {
-    let cases = cases();
-    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
-    for (case, tokenized) in cases.iter().zip(embedder().tokenize(&texts)) {
-        let tokenized = tokenized.unwrap();
-        assert_eq!(
-            (tokenized.len(), tokenized.truncated),
-            (case.tokens, case.truncated),
-            "{}",
-            case.id
-        );
-    }
+    assert_token_counts(embedder(), &cases());
 }
 
 #[test]

@@ -65,12 +65,16 @@ impl EmbeddingApi {
         } else {
             Priority::Interactive
         };
+        let prompt = model
+            .prompt(request.prompt_name.as_deref(), request.prompt.as_deref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let options = EmbedOptions {
             normalize: request.normalize,
             truncate: request.truncate.unwrap_or(true),
             priority,
             deadline,
             quota,
+            prompt: Some(prompt),
         };
         let texts: Vec<String> = request.inputs.iter().map(|i| i.text.clone()).collect();
         let outcome = model.embed(&texts, &options).await.map_err(status_of)?;
@@ -247,6 +251,12 @@ pub fn model_info(model: &ServedModel) -> pb::ModelInfo {
         revision: info.revision.clone().unwrap_or_default(),
         parameters: info.parameters as u64,
         kernels: info.kernels.to_string(),
+        prompts: info
+            .prompts
+            .iter()
+            .map(|(name, prompt)| (name.clone(), prompt.clone()))
+            .collect(),
+        default_prompt_name: info.default_prompt_name.clone().unwrap_or_default(),
     }
 }
 

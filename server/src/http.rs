@@ -1,12 +1,13 @@
-//! HTTP beside gRPC: OpenAI-compatible `POST /v1/embeddings`, `GET /health`,
-//! `GET /ready` and Prometheus `GET /metrics`.
+//! HTTP beside gRPC: OpenAI-compatible `POST /v1/embeddings`, `GET
+//! /v1/models` and `GET /v1/models/{id}`, `GET /health`, `GET /ready` and
+//! Prometheus `GET /metrics`.
 
 use crate::auth::{ApiKeys, Quota, RateLimited};
 use crate::batcher::Priority;
 use crate::grpc::{Limits, status_of};
-use crate::models::{EmbedError, EmbedOptions, Registry};
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use crate::models::{EmbedError, EmbedOptions, Input, Registry, ServedModel};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::UNIX_EPOCH;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -29,17 +31,73 @@ pub struct HttpState {
 }
 
 pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(list_models))
+        // Model names hold slashes (`org/name`): the rest of the path.
+        .route("/v1/models/{*id}", get(get_model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
-        .route(
-            "/v1/embeddings",
-            post(embeddings)
-                .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
-        )
+        .merge(api)
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
+        .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// OpenAI's shape for a path pulse does not serve, so clients show the
+/// message instead of failing to parse an empty body.
+async fn unknown_route(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        None,
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+/// A served model as OpenAI's model object.
+fn model_object(model: &ServedModel) -> Value {
+    let created = model
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    json!({
+        "id": model.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "pulse",
+    })
+}
+
+async fn list_models(State(state): State<HttpState>) -> Response {
+    let data: Vec<Value> = state
+        .registry
+        .all()
+        .iter()
+        .map(|model| model_object(model))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn get_model(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    // An empty id would name the default model in the registry; OpenAI has
+    // no such model.
+    let found = match id.as_str() {
+        "" => None,
+        id => state.registry.find(id).ok(),
+    };
+    match found {
+        Some(model) => Json(model_object(&model)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model"),
+            format!("the model `{id}` does not exist"),
+        ),
+    }
 }
 
 /// The API routes need a known key when keys are configured, within its
@@ -117,11 +175,28 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
     state.metrics.render()
 }
 
+/// `input` as OpenAI takes it: a string, strings, one list of token ids,
+/// or lists of token ids.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Input {
+enum InputField {
     One(String),
     Many(Vec<String>),
+    Tokens(Vec<u32>),
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+impl InputField {
+    fn into_inputs(self) -> Vec<Input> {
+        match self {
+            InputField::One(text) => vec![Input::Text(text)],
+            InputField::Many(texts) => texts.into_iter().map(Input::Text).collect(),
+            // An empty list is no input, not one empty token list.
+            InputField::Tokens(ids) if ids.is_empty() => Vec::new(),
+            InputField::Tokens(ids) => vec![Input::TokenIds(ids)],
+            InputField::ManyTokens(lists) => lists.into_iter().map(Input::TokenIds).collect(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -133,6 +208,15 @@ struct EmbeddingsRequest {
     encoding_format: Option<String>,
     #[serde(default)]
     dimensions: Option<usize>,
+    /// OpenAI's end-user id: accepted and not used.
+    #[serde(default, rename = "user")]
+    _user: Option<String>,
+    /// pulse's own: a prompt of the model's by name, or a literal prompt,
+    /// as on gRPC.
+    #[serde(default)]
+    prompt_name: Option<String>,
+    #[serde(default)]
+    prompt: Option<String>,
 }
 
 /// An error in OpenAI's shape.
@@ -171,20 +255,19 @@ async fn embeddings(
             );
         }
     };
-    let texts = match serde_json::from_value::<Input>(request.input) {
-        Ok(Input::One(text)) => vec![text],
-        Ok(Input::Many(texts)) => texts,
+    let inputs = match serde_json::from_value::<InputField>(request.input) {
+        Ok(input) => input.into_inputs(),
         Err(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("input"),
-                "`input` must be a string or an array of strings (token arrays are not supported)"
+                "`input` must be a string, an array of strings, an array of token ids or an array of arrays of token ids"
                     .into(),
             );
         }
     };
-    if texts.is_empty() {
+    if inputs.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -192,14 +275,14 @@ async fn embeddings(
             "`input` is empty".into(),
         );
     }
-    if texts.len() > state.limits.max_inputs {
+    if inputs.len() > state.limits.max_inputs {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             Some("input"),
             format!(
                 "`input` has {} items; the limit is {} (--max-inputs)",
-                texts.len(),
+                inputs.len(),
                 state.limits.max_inputs
             ),
         );
@@ -227,6 +310,22 @@ async fn embeddings(
             );
         }
     };
+    let prompt = match model.prompt(request.prompt_name.as_deref(), request.prompt.as_deref()) {
+        Ok(prompt) => prompt,
+        Err(err) => {
+            let param = if request.prompt_name.is_some() {
+                "prompt_name"
+            } else {
+                "prompt"
+            };
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some(param),
+                err.to_string(),
+            );
+        }
+    };
     if let Some(dimensions) = request.dimensions
         && dimensions != model.info().dimension
     {
@@ -244,15 +343,16 @@ async fn embeddings(
     let options = EmbedOptions {
         normalize: None,
         truncate: true,
-        priority: if texts.len() > state.limits.interactive_inputs {
+        priority: if inputs.len() > state.limits.interactive_inputs {
             Priority::Bulk
         } else {
             Priority::Interactive
         },
         deadline: None,
         quota: quota.map(|Extension(quota)| quota),
+        prompt: Some(prompt),
     };
-    let outcome = match model.embed(&texts, &options).await {
+    let outcome = match model.embed_inputs(&inputs, &options).await {
         Ok(outcome) => outcome,
         Err(EmbedError::RateLimited(limited)) => return rate_limited(&limited),
         Err(err) => {

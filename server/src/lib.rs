@@ -137,11 +137,19 @@ impl Server {
         let max_message = args.max_message_bytes.get();
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pulse_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Reflection in both versions: grpcurl speaks v1, while Python's
+        // grpcio-reflection client and older tools still ask v1alpha.
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pulse_proto::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflection_builder()
             .build_v1()
             .context("cannot build the reflection service")?;
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
+            .context("cannot build the v1alpha reflection service")?;
         let embedding = EmbeddingServiceServer::new(EmbeddingApi {
             registry: registry.clone(),
             limits: limits.clone(),
@@ -214,6 +222,7 @@ impl Server {
         let grpc = grpc
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(embedding, with_key.clone()))
             .add_service(InterceptedService::new(model_service, with_key.clone()))
             .add_service(InterceptedService::new(signal_service, with_key.clone()))
@@ -262,6 +271,7 @@ impl Server {
                         priority: batcher::Priority::Interactive,
                         deadline: None,
                         quota: None,
+                        prompt: None,
                     };
                     if let Err(err) = model.embed(&["warm-up".to_string()], &options).await {
                         tracing::error!(model = %model.name, error = %err, "warm-up failed");
@@ -353,6 +363,19 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn VectorStore>> {
         })
         .with_context(|| format!("invalid Qdrant address {url}"))?;
         tracing::info!(%url, "storing signals in a Qdrant server");
+        // Once per start, in pulse's log rather than on standard output.
+        match store.server_version().await {
+            Ok(server) if pulse_store::compatible_server(&server) => {
+                tracing::info!(%server, client = pulse_store::CLIENT_VERSION, "Qdrant versions");
+            }
+            Ok(server) => tracing::warn!(
+                %server,
+                client = pulse_store::CLIENT_VERSION,
+                tested = pulse_store::TESTED_QDRANT,
+                "the Qdrant server's version is outside the client's range (same major, minor at most one apart); pulse's tests run against the tested version"
+            ),
+            Err(err) => tracing::warn!(error = %err, "cannot ask the Qdrant server its version"),
+        }
         return Ok(Arc::new(store));
     }
     let data_dir = args.data_dir.clone();

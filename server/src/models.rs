@@ -4,12 +4,12 @@
 use crate::auth::{Quota, RateLimited};
 use crate::batcher::{Batcher, BatcherConfig, JobError, Priority, SubmitError};
 use lru::LruCache;
-use pulse_models::{Embedder, EmbedderOptions, ModelInfo, TokenizedText};
+use pulse_models::{Embedder, EmbedderOptions, ModelError, ModelInfo, PromptError, TokenizedText};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A model as the server runs it.
 pub struct ServedModel {
@@ -19,6 +19,18 @@ pub struct ServedModel {
     embedder: Arc<Embedder>,
     batcher: Batcher,
     cache: Option<Mutex<LruCache<u64, CachedVector>>>,
+    /// When the model finished loading (OpenAI's `created`).
+    pub loaded_at: SystemTime,
+}
+
+/// One input of a request.
+#[derive(Debug, Clone, Hash)]
+pub enum Input {
+    /// A text, tokenized by the server with the request's prompt before it.
+    Text(String),
+    /// Token ids the caller made with the model's tokenizer, special tokens
+    /// included; used as they are.
+    TokenIds(Vec<u32>),
 }
 
 #[derive(Clone)]
@@ -39,6 +51,9 @@ pub struct EmbedOptions {
     pub deadline: Option<Instant>,
     /// The caller's API-key quota, charged the tokens to compute.
     pub quota: Option<Arc<Quota>>,
+    /// Put before every text (empty: none); `None`: the model's default
+    /// prompt, if it has one (see [`ServedModel::prompt`]).
+    pub prompt: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +119,7 @@ impl ServedModel {
             embedder,
             batcher,
             cache: NonZeroUsize::new(cache_capacity).map(|n| Mutex::new(LruCache::new(n))),
+            loaded_at: SystemTime::now(),
         };
         Ok((Arc::new(model), worker))
     }
@@ -120,10 +136,19 @@ impl ServedModel {
         self.batcher.queued_tokens()
     }
 
-    fn cache_key(&self, text: &str, truncate: bool) -> u64 {
+    /// The prompt for a request naming `name` or giving `prompt` (see
+    /// [`pulse_models::ModelConfig::prompt`]).
+    pub fn prompt(&self, name: Option<&str>, prompt: Option<&str>) -> Result<String, PromptError> {
+        self.embedder.prompt(name, prompt)
+    }
+
+    fn cache_key(&self, input: &Input, prompt: &str, truncate: bool) -> u64 {
         let mut hasher = DefaultHasher::new();
         self.name.hash(&mut hasher);
-        text.hash(&mut hasher);
+        input.hash(&mut hasher);
+        if let Input::Text(_) = input {
+            prompt.hash(&mut hasher);
+        }
         truncate.hash(&mut hasher);
         hasher.finish()
     }
@@ -151,12 +176,26 @@ impl ServedModel {
         texts: &[String],
         options: &EmbedOptions,
     ) -> Result<EmbedOutcome, EmbedError> {
+        let inputs: Vec<Input> = texts.iter().cloned().map(Input::Text).collect();
+        self.embed_inputs(&inputs, options).await
+    }
+
+    /// Embeds `inputs`: one result per input, in order.
+    pub async fn embed_inputs(
+        &self,
+        inputs: &[Input],
+        options: &EmbedOptions,
+    ) -> Result<EmbedOutcome, EmbedError> {
         let normalize = options.normalize.unwrap_or(self.info().normalize);
-        let keys: Vec<u64> = texts
+        let prompt = match &options.prompt {
+            Some(prompt) => prompt.clone(),
+            None => self.prompt(None, None).unwrap_or_default(),
+        };
+        let keys: Vec<u64> = inputs
             .iter()
-            .map(|t| self.cache_key(t, options.truncate))
+            .map(|input| self.cache_key(input, &prompt, options.truncate))
             .collect();
-        let mut slots: Vec<Option<Result<Embedded, ItemError>>> = vec![None; texts.len()];
+        let mut slots: Vec<Option<Result<Embedded, ItemError>>> = vec![None; inputs.len()];
         let mut outcome = EmbedOutcome::default();
         let mut misses = Vec::new();
         for (index, key) in keys.iter().enumerate() {
@@ -176,13 +215,12 @@ impl ServedModel {
 
         if !misses.is_empty() {
             let embedder = self.embedder.clone();
-            let miss_texts: Vec<String> = misses.iter().map(|&i| texts[i].clone()).collect();
-            let tokenized = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&str> = miss_texts.iter().map(String::as_str).collect();
-                embedder.tokenize(&refs)
-            })
-            .await
-            .map_err(|_| EmbedError::WorkerGone)?;
+            let missed: Vec<(usize, Input)> =
+                misses.iter().map(|&i| (i, inputs[i].clone())).collect();
+            let tokenized =
+                tokio::task::spawn_blocking(move || tokenize(&embedder, &missed, &prompt))
+                    .await
+                    .map_err(|_| EmbedError::WorkerGone)?;
 
             let mut queued: Vec<(usize, TokenizedText)> = Vec::new();
             for (&index, result) in misses.iter().zip(tokenized) {
@@ -248,6 +286,36 @@ impl ServedModel {
             .collect();
         Ok(outcome)
     }
+}
+
+/// The texts of `inputs` tokenized together with `prompt` before each, the
+/// token ids checked; one result per input, in order. Each input is named by
+/// its index in the request.
+fn tokenize(
+    embedder: &Embedder,
+    inputs: &[(usize, Input)],
+    prompt: &str,
+) -> Vec<pulse_models::Result<TokenizedText>> {
+    let texts: Vec<&str> = inputs
+        .iter()
+        .filter_map(|(_, input)| match input {
+            Input::Text(text) => Some(text.as_str()),
+            Input::TokenIds(_) => None,
+        })
+        .collect();
+    let mut texts = embedder.tokenize_with_prompt(&texts, prompt).into_iter();
+    inputs
+        .iter()
+        .map(|(index, input)| match input {
+            Input::Text(_) => texts.next().unwrap_or_else(|| {
+                Err(ModelError::Tokenize {
+                    index: *index,
+                    message: "the tokenizer returned too few results".into(),
+                })
+            }),
+            Input::TokenIds(ids) => embedder.from_token_ids(*index, ids),
+        })
+        .collect()
 }
 
 fn finish_vector(entry: &CachedVector, normalize: bool, cached: bool) -> Embedded {

@@ -176,6 +176,7 @@ impl SignalApi {
             priority: Priority::Bulk,
             deadline: None,
             quota,
+            prompt: None,
         };
         let outcome = model.embed(&texts, &options).await.map_err(status_of)?;
         let now = std::time::SystemTime::now()
@@ -316,6 +317,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
                     priority: Priority::Interactive,
                     deadline: None,
                     quota,
+                    prompt: None,
                 };
                 let outcome = model.embed(&[text], &options).await.map_err(status_of)?;
                 match outcome.items.into_iter().next() {

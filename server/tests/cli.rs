@@ -182,3 +182,46 @@ fn bad_flags_and_files_are_clear_errors() {
     let output = pulse(&["embed", "--batch-size", "0"], b"");
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn a_prompt_goes_before_every_text() {
+    let text = "trends of the week";
+    let prompted = pulse(&["embed", "--prompt", "query: "], text.as_bytes());
+    assert!(prompted.status.success(), "{}", stderr(&prompted));
+    let by_hand = pulse(&["embed"], format!("query: {text}").as_bytes());
+    let (a, b) = (&json_lines(&prompted)[0], &json_lines(&by_hand)[0]);
+    assert_eq!(a["tokens"], b["tokens"]);
+    assert_eq!(a["embedding"], b["embedding"]);
+
+    // all-MiniLM-L6-v2 names no prompts.
+    let unknown = pulse(&["embed", "--prompt-name", "query"], text.as_bytes());
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("no prompt named `query`; its prompts: none"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+/// Needs all-mpnet-base-v2 in the cache (`scripts/fetch-model
+/// all-mpnet-base-v2`; the test scripts run it).
+#[test]
+fn models_info_describes_mpnet() {
+    let output = pulse(
+        &[
+            "models",
+            "info",
+            "sentence-transformers/all-mpnet-base-v2",
+            "--json",
+        ],
+        b"",
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let info: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(info["architecture"], "mpnet");
+    assert_eq!(info["dimension"], 768);
+    assert_eq!(info["max_seq_length"], 384);
+    // The encoder without its pooler head, as sentence-transformers runs
+    // it: 109,486,464 less the pooler's 590,592.
+    assert_eq!(info["parameters"], 108_895_872);
+}

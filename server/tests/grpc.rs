@@ -296,24 +296,44 @@ async fn models_health_and_reflection_describe_the_server() {
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
 
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut reflection = ServerReflectionClient::new(channel);
-    let ask = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = reflection
-        .server_reflection_info(futures::stream::iter(vec![ask]))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = answers.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    // Both reflection versions list the same services.
+    macro_rules! listed_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            let mut reflection = ServerReflectionClient::new(channel.clone());
+            let ask = tonic_reflection::pb::$version::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut answers = reflection
+                .server_reflection_info(futures::stream::iter(vec![ask]))
+                .await
+                .unwrap()
+                .into_inner();
+            let answer = answers.next().await.unwrap().unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+                panic!("expected a service list");
+            };
+            list.service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<std::collections::BTreeSet<String>>()
+        }};
+    }
+    // Each version lists itself beside pulse's services.
+    let mut names = listed_services!(v1);
+    let mut alpha = listed_services!(v1alpha);
+    assert!(
+        names.remove("grpc.reflection.v1.ServerReflection"),
+        "{names:?}"
+    );
+    assert!(
+        alpha.remove("grpc.reflection.v1alpha.ServerReflection"),
+        "{alpha:?}"
+    );
+    assert_eq!(alpha, names);
     for expected in [
         "pulse.v1.EmbeddingService",
         "pulse.v1.ModelService",
@@ -439,5 +459,173 @@ async fn several_models_are_served_at_once() {
         let direct = engine().embed(&["same text, two models"]).unwrap();
         assert!(cosine(&vector(&response.results[0]).values, &direct[0]) >= 0.99999);
     }
+    server.shutdown().await.unwrap();
+}
+
+/// The official `openai` package (models, float, base64 and token-id
+/// embeddings, errors) and grpcio's v1alpha reflection client against the
+/// real server (`server/tests/python/clients.py`), in the interpreter
+/// `scripts/python-client-env` makes (`PULSE_PYTHON`); skipped, saying so,
+/// where no interpreter has those packages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_and_grpcio_reflection_clients_work() {
+    let Some(python) = common::python_with("openai, grpc_reflection") else {
+        return;
+    };
+    let server = start(&[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py");
+    let args = [
+        script,
+        &server.http_addr.to_string(),
+        &server.grpc_addr.to_string(),
+        DEFAULT_MODEL,
+    ];
+    let seen = common::python_json(python, args.map(str::to_string).to_vec()).await;
+    eprintln!("{seen}");
+    assert_eq!(seen["models"], serde_json::json!([DEFAULT_MODEL]));
+    assert_eq!(seen["unknown_model"]["status"], 404);
+    assert_eq!(seen["dimension"], 384);
+    // [CLS] to [SEP], and the longer text's tokens.
+    let text_tokens: usize = engine()
+        .tokenize(&["a brand manager reads the trends of the week"])
+        .into_iter()
+        .map(|t| t.unwrap().len())
+        .sum();
+    assert_eq!(seen["usage_tokens"], 3 + text_tokens);
+    assert!(seen["token_ids_vs_text"].as_f64().unwrap() > 0.99999);
+    assert_eq!(seen["token_id_lists"], 2);
+    assert_eq!(seen["token_ids_usage"], 3);
+    assert_eq!(seen["bad_token"]["status"], 400);
+    let message = seen["bad_token"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("outside the model's vocabulary"),
+        "{message}"
+    );
+    assert_eq!(seen["bad_input"]["param"], "input");
+    let services = seen["reflection_v1alpha"].as_array().unwrap();
+    for expected in ["pulse.v1.EmbeddingService", "pulse.v1.ModelService"] {
+        assert!(services.iter().any(|s| s == expected), "{services:?}");
+    }
+    assert_eq!(
+        seen["embed_methods"],
+        serde_json::json!(["Embed", "EmbedStream"])
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A copy of the default model (files linked) whose
+/// config_sentence_transformers.json names E5-style prompts.
+fn model_with_prompts() -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&engine().info().dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "config_sentence_transformers.json" {
+            std::os::unix::fs::symlink(entry.path(), copy.path().join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::write(
+        copy.path().join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "passage"}"#,
+    )
+    .unwrap();
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_go_before_texts_and_count_as_tokens() {
+    let dir = model_with_prompts();
+    let model = format!("e5ish={}", dir.path().display());
+    let server = start(&["--model", &model]).await;
+    let channel = channel(&server).await;
+    let info = ModelServiceClient::new(channel.clone())
+        .get_model(pb::GetModelRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.default_prompt_name, "passage");
+    assert_eq!(info.prompts["query"], "query: ");
+    let mut api = EmbeddingServiceClient::new(channel);
+    let text = "trends of the week";
+    let embed = |prompt_name: Option<&str>, prompt: Option<&str>| pb::EmbedRequest {
+        prompt_name: prompt_name.map(str::to_string),
+        prompt: prompt.map(str::to_string),
+        ..request(&[text])
+    };
+    let direct = |text: &str| {
+        let vector = engine().embed(&[text]).unwrap().remove(0);
+        let tokens = engine().tokenize(&[text]).remove(0).unwrap().len();
+        (vector, tokens)
+    };
+    for (prompt_name, prompt, seen) in [
+        (None, None, format!("passage: {text}")),
+        (Some("query"), None, format!("query: {text}")),
+        (
+            None,
+            Some("Represent this: "),
+            format!("Represent this: {text}"),
+        ),
+        (None, Some(""), text.to_string()),
+    ] {
+        let response = api
+            .embed(embed(prompt_name, prompt))
+            .await
+            .unwrap()
+            .into_inner();
+        let got = vector(&response.results[0]);
+        let (expected, tokens) = direct(&seen);
+        assert!(cosine(&got.values, &expected) >= 0.99999, "{seen}");
+        assert_eq!(got.tokens as usize, tokens, "{seen}");
+    }
+    // The cache keeps prompted and plain texts apart.
+    let again = api.embed(embed(None, Some(""))).await.unwrap().into_inner();
+    assert!(vector(&again.results[0]).cached);
+    let (plain, _) = direct(text);
+    assert!(cosine(&vector(&again.results[0]).values, &plain) >= 0.99999);
+
+    let unknown = api.embed(embed(Some("doc"), None)).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::InvalidArgument);
+    assert!(
+        unknown.message().contains("passage, query"),
+        "{}",
+        unknown.message()
+    );
+    let both = api
+        .embed(embed(Some("query"), Some("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument);
+
+    // HTTP takes the same names.
+    let url = format!("http://{}/v1/embeddings", server.http_addr);
+    let (named, unknown) = tokio::task::spawn_blocking(move || {
+        let post = |body: serde_json::Value| match ureq::post(&url).send_json(body) {
+            Ok(response) => (
+                response.status(),
+                response.into_json::<serde_json::Value>().unwrap(),
+            ),
+            Err(ureq::Error::Status(status, response)) => {
+                (status, response.into_json::<serde_json::Value>().unwrap())
+            }
+            Err(e) => panic!("{e}"),
+        };
+        (
+            post(serde_json::json!({"input": text, "prompt_name": "query"})),
+            post(serde_json::json!({"input": text, "prompt_name": "doc"})),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(named.0, 200);
+    let values: Vec<f32> = named.1["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let (expected, tokens) = direct(&format!("query: {text}"));
+    assert!(cosine(&values, &expected) >= 0.99999);
+    assert_eq!(named.1["usage"]["prompt_tokens"], tokens);
+    assert_eq!(unknown.0, 400);
+    assert_eq!(unknown.1["error"]["param"], "prompt_name");
     server.shutdown().await.unwrap();
 }

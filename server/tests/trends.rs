@@ -758,16 +758,9 @@ async fn a_hanging_provider_slows_neither_embedding_nor_jobs() {
 /// around (`PULSE_PYTHON`, default `python3`); skipped, saying so, otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_ingests_and_reclusters() {
-    let python = std::env::var("PULSE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "skipped: {python} lacks grpcio and grpcio-tools (pip install grpcio grpcio-tools, or set PULSE_PYTHON)"
-        );
+    let Some(python) = common::python_with("grpc, grpc_tools") else {
         return;
-    }
+    };
     let server = start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("signals.jsonl");
@@ -790,23 +783,23 @@ async fn the_python_client_ingests_and_reclusters() {
         "/../examples/python/pulse_client.py"
     );
     let addr = server.grpc_addr.to_string();
-    let file = file.to_str().unwrap().to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args([script, &file, "--brand", "acme", "--addr", &addr])
-            .args(["--last-hours", "100000", "--min-cluster-size", "10"])
-            .args(["--idempotency-key", "from-python", "--wait"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let file = file.to_str().unwrap();
+    let args = [
+        script,
+        file,
+        "--brand",
+        "acme",
+        "--addr",
+        &addr,
+        "--last-hours",
+        "100000",
+        "--min-cluster-size",
+        "10",
+        "--idempotency-key",
+        "from-python",
+        "--wait",
+    ];
+    let result = common::python_json(python, args.map(str::to_string).to_vec()).await;
     assert_eq!(result["stored"], 48);
     assert_eq!(result["job"]["state"], "JOB_STATE_SUCCEEDED");
     assert_eq!(result["job"]["signals"], 48);
@@ -819,5 +812,102 @@ async fn the_python_client_ingests_and_reclusters() {
     let mut api = TrendServiceClient::new(channel(&server).await);
     let listed = latest(&mut api).await;
     assert_eq!(listed.trends.len(), trends.len());
+    server.shutdown().await.unwrap();
+}
+
+/// all-MiniLM-L6-v2 and all-mpnet-base-v2 served by one server: each
+/// model's signals land in its own collection and are searched and
+/// re-clustered apart. Needs MPNet in the cache (`scripts/fetch-model
+/// all-mpnet-base-v2`; the test scripts run it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_real_models_keep_their_own_signals_and_trends() {
+    let server = start(&[
+        "--model",
+        "mini=sentence-transformers/all-MiniLM-L6-v2",
+        "--model",
+        "mpnet=sentence-transformers/all-mpnet-base-v2",
+    ])
+    .await;
+    let mut signals = SignalServiceClient::new(channel(&server).await);
+    let mut api = TrendServiceClient::new(channel(&server).await);
+    // Battery and coffee to MiniLM, delivery and the store to MPNet.
+    for (model, topics) in [("mini", 0..2), ("mpnet", 2..4)] {
+        let stored = signals
+            .ingest(pb::IngestRequest {
+                signals: topics.flat_map(topic_signals).collect(),
+                model: model.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stored;
+        assert_eq!(stored, 32, "{model}");
+    }
+    for (model, own_topics, dimension) in [
+        ("mini", ["t0-", "t1-"], 384),
+        ("mpnet", ["t2-", "t3-"], 768),
+    ] {
+        let hits = signals
+            .search(pb::SearchRequest {
+                query: Some(pb::search_request::Query::Text(
+                    "my parcel came late and my phone battery is dead".into(),
+                )),
+                limit: 50,
+                with_payload: true,
+                model: model.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hits;
+        assert_eq!(
+            hits.len(),
+            32,
+            "{model}: every signal of its collection, no other"
+        );
+        for hit in &hits {
+            let stored = hit.signal.as_ref().unwrap();
+            let id = &stored.signal.as_ref().unwrap().id;
+            assert!(
+                own_topics.iter().any(|t| id.starts_with(t)),
+                "{model}: {id}"
+            );
+            assert_eq!(stored.model, model);
+        }
+
+        let job = api
+            .recluster(pb::ReclusterRequest {
+                model: model.into(),
+                ..recluster(&format!("two-models-{model}"))
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let done = succeeded(&mut api, &job).await;
+        assert_eq!(done.signals, 32, "{model}");
+        let listed = api
+            .list_trends(pb::ListTrendsRequest {
+                brand: "acme".into(),
+                model: model.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let topics = by_topic(&listed);
+        let expected: HashSet<&str> = match model {
+            "mini" => ["battery", "coffee"].into(),
+            _ => ["delivery", "store"].into(),
+        };
+        assert_eq!(
+            topics.keys().copied().collect::<HashSet<_>>(),
+            expected,
+            "{model}"
+        );
+        for trend in &listed.trends {
+            assert_eq!(trend.centroid.len(), dimension, "{model}");
+        }
+    }
     server.shutdown().await.unwrap();
 }

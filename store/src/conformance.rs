@@ -241,21 +241,53 @@ async fn embedded_store_conforms() {
     run(move || EmbeddedStore::open(&root).unwrap()).await;
 }
 
-/// Runs against a Qdrant server when `QDRANT_URL` names one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_store_conforms() {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
-        eprintln!("skipped: QDRANT_URL is not set, so there is no Qdrant server to test against");
-        return;
-    };
-    let options = RemoteOptions {
+fn remote_options(url: String, layout: u32) -> RemoteOptions {
+    RemoteOptions {
         url,
         api_key: std::env::var("QDRANT_API_KEY").ok(),
-        shard_number: 1,
-        replication_factor: 1,
-        write_consistency_factor: 1,
+        shard_number: layout,
+        replication_factor: layout,
+        write_consistency_factor: layout,
         attempts: 3,
         timeout: std::time::Duration::from_secs(10),
+    }
+}
+
+/// One real Qdrant node (`shared/tools/qdrant`), started for the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_store_conforms_on_one_node() {
+    let node = tokio::task::spawn_blocking(pulse_testkit::qdrant::QdrantNode::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let options = remote_options(node.grpc_url(), 1);
+    let store = RemoteStore::connect(options.clone()).unwrap();
+    assert_eq!(store.server_version().await.unwrap(), TESTED_QDRANT);
+    assert_eq!(pulse_testkit::qdrant::QDRANT_VERSION, TESTED_QDRANT);
+    run(move || RemoteStore::connect(options.clone()).unwrap()).await;
+    drop(node);
+}
+
+/// Three real nodes in cluster mode; collections of 2 shards × 2 replicas,
+/// writes acknowledged by both replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_store_conforms_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| pulse_testkit::qdrant::QdrantCluster::start(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let options = remote_options(cluster.grpc_url(), 2);
+    run(move || RemoteStore::connect(options.clone()).unwrap()).await;
+    drop(cluster);
+}
+
+/// Also against a server of the caller's when `QDRANT_URL` names one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_store_conforms_on_a_given_server() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("not run: QDRANT_URL names no server of your own (the tests above start theirs)");
+        return;
     };
+    let options = remote_options(url, 1);
     run(move || RemoteStore::connect(options.clone()).unwrap()).await;
 }

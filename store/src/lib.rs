@@ -10,7 +10,7 @@ mod embedded;
 mod remote;
 
 pub use embedded::EmbeddedStore;
-pub use remote::{RemoteOptions, RemoteStore};
+pub use remote::{CLIENT_VERSION, RemoteOptions, RemoteStore, TESTED_QDRANT, compatible_server};
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;

@@ -23,6 +23,14 @@ use std::future::Future;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// The qdrant-client release pulse is built with (checked against
+/// Cargo.lock by a test), compared with the server's version at start-up.
+pub const CLIENT_VERSION: &str = "1.20.0";
+
+/// The Qdrant server release pulse's remote-store tests run against (the
+/// test tool in `shared/tools/qdrant/`).
+pub const TESTED_QDRANT: &str = "1.18.3";
+
 /// How collections created on the server are laid out.
 #[derive(Debug, Clone)]
 pub struct RemoteOptions {
@@ -75,10 +83,14 @@ fn jittered(base: Duration) -> Duration {
 
 impl RemoteStore {
     pub fn connect(options: RemoteOptions) -> Result<Self, StoreError> {
+        // The client's own check prints to standard output on every
+        // connection, from a runtime of its own; pulse asks once, through
+        // `server_version`, and logs what it found.
         let client = Qdrant::from_url(&options.url)
             .api_key(options.api_key.clone())
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
+            .skip_compatibility_check()
             .build()
             .map_err(failure)?;
         Ok(RemoteStore {
@@ -86,6 +98,12 @@ impl RemoteStore {
             options,
             known: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The server's version, from its health check (retried like any call).
+    pub async fn server_version(&self) -> Result<String, StoreError> {
+        let reply = self.retry(|| self.client.health_check()).await?;
+        Ok(reply.version)
     }
 
     async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
@@ -107,11 +125,17 @@ impl RemoteStore {
                         _ => jittered(delay),
                     };
                     tracing::warn!(error = %err, attempt, "qdrant call failed; retrying");
+                    metrics::counter!("pulse_store_retries_total").increment(1);
                     tokio::time::sleep(wait).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     attempt += 1;
                 }
-                Err(err) => return Err(failure(err)),
+                Err(err) => {
+                    if transient(&err) {
+                        metrics::counter!("pulse_store_unavailable_total").increment(1);
+                    }
+                    return Err(failure(err));
+                }
             }
         }
     }
@@ -122,6 +146,21 @@ impl RemoteStore {
             .get(collection)
             .copied()
             .ok_or_else(|| StoreError::NoCollection(collection.to_string()))
+    }
+}
+
+/// Whether a server of `server` version works with this client as Qdrant
+/// states it: the same major version, minor versions at most one apart.
+pub fn compatible_server(server: &str) -> bool {
+    let major_minor = |version: &str| -> Option<(u64, u64)> {
+        let mut parts = version.trim_start_matches('v').split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (major_minor(CLIENT_VERSION), major_minor(server)) {
+        (Some((client_major, client_minor)), Some((major, minor))) => {
+            client_major == major && client_minor.abs_diff(minor) <= 1
+        }
+        _ => false,
     }
 }
 
@@ -461,5 +500,34 @@ impl VectorStore for RemoteStore {
         })
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compatibility_follows_qdrants_rule() {
+        assert!(compatible_server("1.20.0"));
+        assert!(compatible_server("1.19.4"));
+        assert!(compatible_server("v1.21.1"));
+        assert!(!compatible_server("1.18.3"));
+        assert!(!compatible_server("2.20.0"));
+        assert!(!compatible_server("dev"));
+    }
+
+    #[test]
+    fn the_client_version_is_the_one_built_with() {
+        let lock =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
+        let entry = lock
+            .split("[[package]]")
+            .find(|entry| entry.contains("name = \"qdrant-client\""))
+            .unwrap();
+        assert!(
+            entry.contains(&format!("version = \"{CLIENT_VERSION}\"")),
+            "{entry}"
+        );
     }
 }

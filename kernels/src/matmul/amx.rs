@@ -465,8 +465,8 @@ pub(crate) struct Rows<P> {
 
 /// One (sequence, head) of attention with both products on AMX tiles, in
 /// bf16 with f32 sums: `out = softmax(q·kᵀ) · v` for `len` tokens of
-/// `head_dim` values (the queries already scaled). `softmax` maps a row of
-/// scores in place.
+/// `head_dim` values (the queries already scaled). `softmax` maps query
+/// r's row of scores in place.
 ///
 /// # Safety
 /// [`granted`] and AVX-512 BF16; [`runs_head_dim`]; `q`, `k` and `v` hold
@@ -478,7 +478,7 @@ pub(crate) unsafe fn attention_job(
     (q, k, v): (Rows<*const f32>, Rows<*const f32>, Rows<*const f32>),
     out: Rows<*mut f32>,
     scratch: &mut AttentionScratch,
-    softmax: impl Fn(&mut [f32]),
+    softmax: impl Fn(usize, &mut [f32]),
 ) {
     let tile = TILE_ROWS;
     let pair_steps = head_dim / (2 * super::AMX_STEP_PAIRS);
@@ -607,7 +607,7 @@ pub(crate) unsafe fn attention_job(
         let rows = first..(first + 2 * tile).min(len);
         for r in rows.clone() {
             let scores = &mut scratch.scores[r * padded..r * padded + len];
-            softmax(scores);
+            softmax(r, scores);
             let probabilities = &mut scratch.probabilities[r * padded..(r + 1) * padded];
             to_bf16(scores, &mut probabilities[..len]);
             probabilities[len..].fill(0);

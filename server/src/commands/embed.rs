@@ -27,6 +27,14 @@ pub struct EmbedArgs {
     /// Texts per forward pass.
     #[arg(long, default_value = "32")]
     batch_size: NonZeroUsize,
+    /// A prompt of the model's (`prompts` in its
+    /// config_sentence_transformers.json, e.g. `query`) put before every
+    /// text. Without it or --prompt, the model's default prompt, if any.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_name: Option<String>,
+    /// A literal prompt put before every text; "" for none.
+    #[arg(long)]
+    prompt: Option<String>,
 }
 
 /// Batches read ahead, so texts of similar length can share a batch.
@@ -93,6 +101,7 @@ fn parse_line(line_number: usize, bytes: &[u8]) -> Option<Entry> {
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let embedder = args.model.load()?;
+    let prompt = embedder.prompt(args.prompt_name.as_deref(), args.prompt.as_deref())?;
     let (reader, progress): (Box<dyn BufRead>, ProgressBar) = if args.input == "-" {
         (Box::new(std::io::stdin().lock()), ProgressBar::hidden())
     } else {
@@ -117,7 +126,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         &embedder,
         reader,
         &mut writer,
-        args.batch_size.get(),
+        (args.batch_size.get(), &prompt),
         &progress,
     )?;
     writer.flush().context("cannot write the output")?;
@@ -159,7 +168,7 @@ fn embed_stream(
     embedder: &Embedder,
     mut reader: impl BufRead,
     writer: &mut impl Write,
-    batch_size: usize,
+    (batch_size, prompt): (usize, &str),
     progress: &ProgressBar,
 ) -> anyhow::Result<Summary> {
     let window = batch_size.saturating_mul(BATCHES_PER_WINDOW);
@@ -181,7 +190,8 @@ fn embed_stream(
             entries.extend(parse_line(line_number, &line));
         }
         if entries.len() >= window || (read == 0 && !entries.is_empty()) {
-            embed_window(embedder, &entries, writer, batch_size, &mut summary)?;
+            let batching = (batch_size, prompt);
+            embed_window(embedder, &entries, writer, batching, &mut summary)?;
             entries.clear();
         }
         if read == 0 {
@@ -196,7 +206,7 @@ fn embed_window(
     embedder: &Embedder,
     entries: &[Entry],
     writer: &mut impl Write,
-    batch_size: usize,
+    (batch_size, prompt): (usize, &str),
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let texts: Vec<&str> = entries
@@ -206,7 +216,7 @@ fn embed_window(
             Entry::Invalid { .. } => None,
         })
         .collect();
-    let mut tokenized = embedder.tokenize(&texts).into_iter();
+    let mut tokenized = embedder.tokenize_with_prompt(&texts, prompt).into_iter();
     let results: Vec<Result<TokenizedText, String>> = entries
         .iter()
         .map(|e| match e {

@@ -36,6 +36,8 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<ExitCode> {
                 "pooling": info.pooling.to_string(),
                 "normalize": info.normalize,
                 "max_seq_length": info.max_seq_length,
+                "prompts": info.prompts,
+                "default_prompt": info.default_prompt_name,
                 "parameters": info.parameters,
                 "loaded_from": info.dir,
                 "origin": info.origin.to_string(),

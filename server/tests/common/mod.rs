@@ -178,3 +178,40 @@ pub async fn members(
         token = page.next_page_token;
     }
 }
+
+/// `PULSE_PYTHON` (else `python3`) when it can `import {modules}`; `None`,
+/// after printing that the caller skips and how to get such a Python,
+/// otherwise.
+pub fn python_with(modules: &str) -> Option<String> {
+    let python = std::env::var("PULSE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output();
+    if probe.is_ok_and(|o| o.status.success()) {
+        Some(python)
+    } else {
+        eprintln!(
+            "skipped: {python} cannot import {modules} (scripts/python-client-env makes such a Python; set PULSE_PYTHON)"
+        );
+        None
+    }
+}
+
+/// Runs `python` with `args` off the async workers; asserts it succeeded
+/// and returns its standard output as JSON.
+pub async fn python_json(python: String, args: Vec<String>) -> serde_json::Value {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

@@ -1,0 +1,356 @@
+//! The whole service on a real Qdrant (`shared/tools/qdrant`, started by
+//! pulse-testkit): one node end to end, and a three-node cluster through a
+//! node's crash and a full stop, counting every signal pulse acknowledged.
+
+mod common;
+
+use common::{channel, start, succeeded};
+use pulse_proto::v1 as pb;
+use pulse_proto::v1::signal_service_client::SignalServiceClient;
+use pulse_proto::v1::trend_service_client::TrendServiceClient;
+use pulse_testkit::qdrant::{QdrantCluster, QdrantNode};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tonic::Code;
+
+const T0: i64 = 1_763_000_000;
+const TOPICS: [&str; 3] = [
+    "the battery of my phone dies before lunch",
+    "the coffee at the downtown cafe tastes burnt",
+    "my parcel delivery arrived two weeks late",
+];
+
+fn signal(client: usize, i: usize) -> pb::Signal {
+    pb::Signal {
+        id: format!("c{client}-{i}"),
+        brand: "acme".into(),
+        source: ["x", "reddit"][i % 2].into(),
+        text: format!("{} (report {client}-{i})", TOPICS[i % TOPICS.len()]),
+        ts: Some(prost_types::Timestamp {
+            seconds: T0 + i as i64,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The ids of `ids` the server returns.
+async fn readable(
+    api: &mut SignalServiceClient<tonic::transport::Channel>,
+    ids: &[String],
+) -> HashSet<String> {
+    let mut found = HashSet::new();
+    for chunk in ids.chunks(500) {
+        let got = api
+            .get_signals(pb::GetSignalsRequest {
+                brand: "acme".into(),
+                ids: chunk.to_vec(),
+                model: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        found.extend(got.signals.into_iter().map(|s| s.signal.unwrap().id));
+    }
+    found
+}
+
+fn search(text: &str) -> pb::SearchRequest {
+    pb::SearchRequest {
+        query: Some(pb::search_request::Query::Text(text.into())),
+        filter: Some(pb::SignalFilter {
+            brand: "acme".into(),
+            ..Default::default()
+        }),
+        limit: 5,
+        with_payload: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_end_to_end_on_a_qdrant_node() {
+    let node = tokio::task::spawn_blocking(QdrantNode::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = node.grpc_url();
+    let server = start(&["--qdrant-url", &url]).await;
+    let mut signals = SignalServiceClient::new(channel(&server).await);
+    let batch: Vec<pb::Signal> = (0..48).map(|i| signal(0, i)).collect();
+    let stored = signals
+        .ingest(pb::IngestRequest {
+            signals: batch,
+            model: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.stored, 48);
+    let hits = signals
+        .search(search("coffee tasted bad"))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 5);
+    for hit in &hits {
+        let text = &hit.signal.as_ref().unwrap().signal.as_ref().unwrap().text;
+        assert!(text.contains("coffee"), "{text}");
+    }
+    let count = signals
+        .count_signals(pb::CountSignalsRequest {
+            filter: Some(pb::SignalFilter {
+                brand: "acme".into(),
+                sources: vec!["x".into()],
+                ..Default::default()
+            }),
+            model: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .count;
+    assert_eq!(count, 24);
+
+    // Re-clustering reads the window from the server and keeps its runs there.
+    let mut trends = TrendServiceClient::new(channel(&server).await);
+    let job = trends
+        .recluster(pb::ReclusterRequest {
+            brand: "acme".into(),
+            from: Some(prost_types::Timestamp {
+                seconds: T0 - 60,
+                nanos: 0,
+            }),
+            to: Some(prost_types::Timestamp {
+                seconds: T0 + 3600,
+                nanos: 0,
+            }),
+            idempotency_key: "remote-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = succeeded(&mut trends, &job).await;
+    assert_eq!(done.signals, 48);
+    let listed = trends
+        .list_trends(pb::ListTrendsRequest {
+            brand: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.run.unwrap().id, job.id);
+    assert_eq!(listed.trends.len(), 3, "one trend per topic");
+    for trend in &listed.trends {
+        let llm = trend.llm_summary.as_ref().unwrap();
+        assert_eq!(llm.status, pb::LlmSummaryStatus::NotConfigured as i32);
+    }
+    server.shutdown().await.unwrap();
+    drop(node);
+}
+
+/// Ingests from `clients` concurrent clients until `stop`, each request a
+/// batch of `batch` signals; returns the ids of every signal pulse
+/// acknowledged and how many requests failed.
+async fn ingest_until(
+    server: &common::Running,
+    clients: usize,
+    batch: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    let mut workers = Vec::new();
+    for client in 0..clients {
+        let mut api = SignalServiceClient::new(channel(server).await);
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut acknowledged, mut failed) = (Vec::new(), 0);
+            let mut next = 0;
+            while !stop.load(Ordering::Acquire) {
+                let signals: Vec<pb::Signal> =
+                    (next..next + batch).map(|i| signal(client, i)).collect();
+                next += batch;
+                match api
+                    .ingest(pb::IngestRequest {
+                        signals: signals.clone(),
+                        model: String::new(),
+                    })
+                    .await
+                {
+                    Ok(reply) => {
+                        let reply = reply.into_inner();
+                        assert_eq!(reply.rejected, 0);
+                        acknowledged.extend(signals.into_iter().map(|s| s.id));
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                        failed += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            (acknowledged, failed)
+        }));
+    }
+    tokio::spawn(async move {
+        let (mut acknowledged, mut failed) = (Vec::new(), 0);
+        for worker in workers {
+            let (ids, failures) = worker.await.unwrap();
+            acknowledged.extend(ids);
+            failed += failures;
+        }
+        (acknowledged, failed)
+    })
+}
+
+/// Searches until `stop`: every answer either holds only the brand's
+/// signals or is UNAVAILABLE. Returns (answered, unavailable).
+fn search_until(
+    mut api: SignalServiceClient<tonic::transport::Channel>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let (mut answered, mut unavailable) = (0, 0);
+        while !stop.load(Ordering::Acquire) {
+            match api.search(search("my phone battery")).await {
+                Ok(reply) => {
+                    for hit in reply.into_inner().hits {
+                        let signal = hit.signal.unwrap().signal.unwrap();
+                        assert_eq!(signal.brand, "acme");
+                        assert!(signal.id.starts_with('c'), "{}", signal.id);
+                    }
+                    answered += 1;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    unavailable += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (answered, unavailable)
+    })
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_keeps_every_acknowledged_signal_through_crashes_and_restarts() {
+    let cluster = tokio::task::spawn_blocking(|| QdrantCluster::start(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let cluster = Arc::new(Mutex::new(cluster));
+    let url = cluster.lock().await.grpc_url();
+    let server = start(&[
+        "--qdrant-url",
+        &url,
+        "--qdrant-shards",
+        "2",
+        "--qdrant-replication",
+        "2",
+        "--qdrant-write-consistency",
+        "2",
+    ])
+    .await;
+
+    // A node other than the one pulse talks to is killed mid-ingest, and
+    // started again while the clients go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest = ingest_until(&server, 3, 16, stop.clone()).await;
+    let searches = search_until(
+        SignalServiceClient::new(channel(&server).await),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = cluster.clone();
+    tokio::task::spawn_blocking(move || killed.blocking_lock().node(1).kill())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let restarted = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut cluster = restarted.blocking_lock();
+        cluster.node(1).restart()?;
+        cluster.wait_formed()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Release);
+    let (acknowledged, failed) = ingest.await.unwrap();
+    let (answered, unavailable) = searches.await.unwrap();
+
+    let mut api = SignalServiceClient::new(channel(&server).await);
+    let found = readable(&mut api, &acknowledged).await;
+    let lost = acknowledged
+        .iter()
+        .filter(|id| !found.contains(*id))
+        .count();
+    let metrics = ureq_metrics(&server).await;
+    eprintln!(
+        "node crash: {} signals acknowledged, {lost} lost, {failed} ingest requests failed (UNAVAILABLE); \
+         {answered} searches answered, {unavailable} UNAVAILABLE; store retries {}",
+        acknowledged.len(),
+        metric(&metrics, "pulse_store_retries_total"),
+    );
+    assert!(
+        acknowledged.len() >= 48,
+        "too little was ingested to mean anything"
+    );
+    assert_eq!(lost, 0);
+    assert!(answered > 0);
+
+    // The whole cluster stopped and started again.
+    let restarted = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut cluster = restarted.blocking_lock();
+        cluster.stop_all();
+        cluster.start_all()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let mut found = HashSet::new();
+    // The client reconnects on its own; the first calls may still fail.
+    for _ in 0..50 {
+        match api.count_signals(pb::CountSignalsRequest::default()).await {
+            Ok(_) => {
+                found = readable(&mut api, &acknowledged).await;
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let lost = acknowledged
+        .iter()
+        .filter(|id| !found.contains(*id))
+        .count();
+    eprintln!(
+        "full restart: {} signals acknowledged, {lost} lost",
+        acknowledged.len()
+    );
+    assert_eq!(lost, 0);
+    server.shutdown().await.unwrap();
+}
+
+async fn ureq_metrics(server: &common::Running) -> String {
+    let url = format!("http://{}/metrics", server.http_addr);
+    tokio::task::spawn_blocking(move || ureq::get(&url).call().unwrap().into_string().unwrap())
+        .await
+        .unwrap()
+}

@@ -57,25 +57,8 @@ pub struct ServeArgs {
     /// Where the embedded store keeps its collections.
     #[arg(long, env = "PULSE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// A Qdrant server or cluster (`http://host:6334`, gRPC) to store
-    /// signals in instead of the embedded store.
-    #[arg(long, env = "PULSE_QDRANT_URL")]
-    pub qdrant_url: Option<String>,
-    /// API key for the Qdrant server (prefer the environment variable).
-    #[arg(long, env = "PULSE_QDRANT_API_KEY", hide_env_values = true)]
-    pub qdrant_api_key: Option<Secret>,
-    /// Shards of collections pulse creates on the Qdrant server.
-    #[arg(long, env = "PULSE_QDRANT_SHARDS", default_value = "1")]
-    pub qdrant_shards: u32,
-    /// Replication factor of collections pulse creates on the Qdrant server.
-    #[arg(long, env = "PULSE_QDRANT_REPLICATION", default_value = "1")]
-    pub qdrant_replication: u32,
-    /// Replicas that must confirm a write on the Qdrant server.
-    #[arg(long, env = "PULSE_QDRANT_WRITE_CONSISTENCY", default_value = "1")]
-    pub qdrant_write_consistency: u32,
-    /// Tries per Qdrant call before a transient failure is reported.
-    #[arg(long, env = "PULSE_QDRANT_ATTEMPTS", default_value = "4")]
-    pub qdrant_attempts: u32,
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
     /// Seconds a collection of the embedded store must go unwritten before
     /// it is optimised (indexes built) in the background; 0 turns that off.
     #[arg(long, env = "PULSE_OPTIMIZE_IDLE_SECS", default_value = "10")]
@@ -109,6 +92,48 @@ pub struct ServeArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub llm: LlmArgs,
+}
+
+/// A Qdrant server or cluster, and how pulse lays out and calls it.
+#[derive(Args, Debug, Clone)]
+pub struct QdrantArgs {
+    /// A Qdrant server or cluster (`http://host:6334`, gRPC) to store
+    /// signals in instead of the embedded store.
+    #[arg(long, env = "PULSE_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+    /// API key for the Qdrant server (prefer the environment variable).
+    #[arg(long, env = "PULSE_QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<Secret>,
+    /// Shards of collections pulse creates on the Qdrant server.
+    #[arg(long, env = "PULSE_QDRANT_SHARDS", default_value = "1")]
+    pub qdrant_shards: u32,
+    /// Replication factor of collections pulse creates on the Qdrant server.
+    #[arg(long, env = "PULSE_QDRANT_REPLICATION", default_value = "1")]
+    pub qdrant_replication: u32,
+    /// Replicas that must confirm a write on the Qdrant server.
+    #[arg(long, env = "PULSE_QDRANT_WRITE_CONSISTENCY", default_value = "1")]
+    pub qdrant_write_consistency: u32,
+    /// Tries per Qdrant call before a transient failure is reported.
+    #[arg(long, env = "PULSE_QDRANT_ATTEMPTS", default_value = "4")]
+    pub qdrant_attempts: u32,
+}
+
+impl QdrantArgs {
+    /// How to reach and lay out the server; `None` without `--qdrant-url`.
+    pub fn remote_options(&self) -> Option<pulse_store::RemoteOptions> {
+        Some(pulse_store::RemoteOptions {
+            url: self.qdrant_url.clone()?,
+            api_key: self
+                .qdrant_api_key
+                .as_ref()
+                .map(|key| key.expose().to_string()),
+            shard_number: self.qdrant_shards,
+            replication_factor: self.qdrant_replication,
+            write_consistency_factor: self.qdrant_write_consistency,
+            attempts: self.qdrant_attempts,
+            timeout: Duration::from_secs(10),
+        })
+    }
 }
 
 /// TLS on both listeners, gRPC and HTTP; without `--tls-cert` both are

@@ -25,7 +25,7 @@ use pulse_proto::v1::embedding_service_server::EmbeddingServiceServer;
 use pulse_proto::v1::model_service_server::ModelServiceServer;
 use pulse_proto::v1::signal_service_server::SignalServiceServer;
 use pulse_proto::v1::trend_service_server::TrendServiceServer;
-use pulse_store::{EmbeddedStore, RemoteOptions, RemoteStore, VectorStore};
+use pulse_store::{EmbeddedStore, RemoteStore, VectorStore};
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -112,7 +112,7 @@ impl Server {
                 .ensure_collection(&collection, model.info().dimension)
                 .await
             {
-                if args.qdrant_url.is_none() {
+                if args.qdrant.qdrant_url.is_none() {
                     return Err(err)
                         .with_context(|| format!("cannot prepare collection `{collection}`"));
                 }
@@ -348,20 +348,10 @@ async fn maintain_store(
 }
 
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn VectorStore>> {
-    if let Some(url) = &args.qdrant_url {
-        let store = RemoteStore::connect(RemoteOptions {
-            url: url.clone(),
-            api_key: args
-                .qdrant_api_key
-                .as_ref()
-                .map(|key| key.expose().to_string()),
-            shard_number: args.qdrant_shards,
-            replication_factor: args.qdrant_replication,
-            write_consistency_factor: args.qdrant_write_consistency,
-            attempts: args.qdrant_attempts,
-            timeout: Duration::from_secs(10),
-        })
-        .with_context(|| format!("invalid Qdrant address {url}"))?;
+    if let Some(options) = args.qdrant.remote_options() {
+        let url = options.url.clone();
+        let store = RemoteStore::connect(options)
+            .with_context(|| format!("invalid Qdrant address {url}"))?;
         tracing::info!(%url, "storing signals in a Qdrant server");
         // Once per start, in pulse's log rather than on standard output.
         match store.server_version().await {

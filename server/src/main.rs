@@ -35,6 +35,9 @@ enum Command {
     Recluster(commands::trends::ReclusterArgs),
     /// Print a brand's trends from a running server.
     Trends(commands::trends::TrendsArgs),
+    /// Copy the embedded store's collections into a Qdrant server or
+    /// cluster (resumable; the same point ids).
+    Migrate(commands::migrate::MigrateArgs),
     /// Inspect models.
     Models {
         #[command(subcommand)]
@@ -93,6 +96,10 @@ fn main() -> ExitCode {
         Command::Trends(args) => {
             init_logging(LogFormat::Text);
             commands::trends::trends(args)
+        }
+        Command::Migrate(args) => {
+            init_logging(LogFormat::Text);
+            commands::migrate::run(args)
         }
         Command::Models { command } => {
             init_logging(LogFormat::Text);

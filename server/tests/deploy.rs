@@ -39,8 +39,11 @@ fn the_configmap_holds_settings_pulse_serve_takes() {
     ])
     .unwrap_or_else(|e| panic!("deploy/k8s/configmap.yaml: {e:#}"))
     .serve;
-    assert_eq!(args.qdrant_url.as_deref(), Some("http://qdrant:6334"));
-    assert_eq!(args.qdrant_replication, 2);
+    assert_eq!(
+        args.qdrant.qdrant_url.as_deref(),
+        Some("http://qdrant:6334")
+    );
+    assert_eq!(args.qdrant.qdrant_replication, 2);
     assert_eq!(
         args.api_key_file.as_deref(),
         Some(Path::new("/etc/pulse/keys/api-keys")),

@@ -58,6 +58,21 @@ async fn readable(
     found
 }
 
+/// A search about coffee finds five signals, all about coffee.
+async fn assert_finds_coffee(api: &mut SignalServiceClient<tonic::transport::Channel>) {
+    let hits = api
+        .search(search("coffee tasted bad"))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 5);
+    for hit in &hits {
+        let text = &hit.signal.as_ref().unwrap().signal.as_ref().unwrap().text;
+        assert!(text.contains("coffee"), "{text}");
+    }
+}
+
 fn search(text: &str) -> pb::SearchRequest {
     pb::SearchRequest {
         query: Some(pb::search_request::Query::Text(text.into())),
@@ -90,17 +105,7 @@ async fn the_service_runs_end_to_end_on_a_qdrant_node() {
         .unwrap()
         .into_inner();
     assert_eq!(stored.stored, 48);
-    let hits = signals
-        .search(search("coffee tasted bad"))
-        .await
-        .unwrap()
-        .into_inner()
-        .hits;
-    assert_eq!(hits.len(), 5);
-    for hit in &hits {
-        let text = &hit.signal.as_ref().unwrap().signal.as_ref().unwrap().text;
-        assert!(text.contains("coffee"), "{text}");
-    }
+    assert_finds_coffee(&mut signals).await;
     let count = signals
         .count_signals(pb::CountSignalsRequest {
             filter: Some(pb::SignalFilter {
@@ -119,32 +124,13 @@ async fn the_service_runs_end_to_end_on_a_qdrant_node() {
     // Re-clustering reads the window from the server and keeps its runs there.
     let mut trends = TrendServiceClient::new(channel(&server).await);
     let job = trends
-        .recluster(pb::ReclusterRequest {
-            brand: "acme".into(),
-            from: Some(prost_types::Timestamp {
-                seconds: T0 - 60,
-                nanos: 0,
-            }),
-            to: Some(prost_types::Timestamp {
-                seconds: T0 + 3600,
-                nanos: 0,
-            }),
-            idempotency_key: "remote-1".into(),
-            ..Default::default()
-        })
+        .recluster(window("remote-1"))
         .await
         .unwrap()
         .into_inner();
     let done = succeeded(&mut trends, &job).await;
     assert_eq!(done.signals, 48);
-    let listed = trends
-        .list_trends(pb::ListTrendsRequest {
-            brand: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = latest_trends(&mut trends).await;
     assert_eq!(listed.run.unwrap().id, job.id);
     assert_eq!(listed.trends.len(), 3, "one trend per topic");
     for trend in &listed.trends {
@@ -353,4 +339,109 @@ async fn ureq_metrics(server: &common::Running) -> String {
     tokio::task::spawn_blocking(move || ureq::get(&url).call().unwrap().into_string().unwrap())
         .await
         .unwrap()
+}
+
+/// `pulse migrate` on a data directory the service wrote: run, run again,
+/// run from the start; then the service on the Qdrant node finds the same
+/// signals and trends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_an_embedded_store_into_qdrant() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_string();
+    let server = start(&["--data-dir", &data_dir]).await;
+    let mut signals = SignalServiceClient::new(channel(&server).await);
+    let batch: Vec<pb::Signal> = (0..48).map(|i| signal(0, i)).collect();
+    signals
+        .ingest(pb::IngestRequest {
+            signals: batch,
+            model: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut trends = TrendServiceClient::new(channel(&server).await);
+    let job = trends
+        .recluster(window("before-migration"))
+        .await
+        .unwrap()
+        .into_inner();
+    succeeded(&mut trends, &job).await;
+    let before = latest_trends(&mut trends).await;
+    server.shutdown().await.unwrap();
+
+    let node = tokio::task::spawn_blocking(QdrantNode::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = node.grpc_url();
+    let migrate = |extra: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args([
+                "migrate",
+                "--data-dir",
+                &data_dir,
+                "--qdrant-url",
+                &url,
+                "--page-size",
+                "10",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let first = migrate(&[]);
+    assert!(
+        first.contains("signals__sentence-transformers-all-minilm-l6-v2: 48 points here, 48 on"),
+        "{first}"
+    );
+    // Done already: nothing copied, the same counts; from the start: the
+    // same points overwritten.
+    assert_eq!(migrate(&[]), first);
+    assert_eq!(migrate(&["--restart"]), first);
+
+    let server = start(&["--qdrant-url", &url]).await;
+    let mut signals = SignalServiceClient::new(channel(&server).await);
+    assert_finds_coffee(&mut signals).await;
+    let mut trends = TrendServiceClient::new(channel(&server).await);
+    let after = latest_trends(&mut trends).await;
+    assert_eq!(
+        after.run.as_ref().unwrap().id,
+        before.run.as_ref().unwrap().id
+    );
+    let ids = |listed: &pb::ListTrendsResponse| -> Vec<(i64, u64)> {
+        listed.trends.iter().map(|t| (t.id, t.size)).collect()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    server.shutdown().await.unwrap();
+    drop(node);
+}
+
+fn window(key: &str) -> pb::ReclusterRequest {
+    pb::ReclusterRequest {
+        brand: "acme".into(),
+        from: Some(prost_types::Timestamp {
+            seconds: T0 - 60,
+            nanos: 0,
+        }),
+        to: Some(prost_types::Timestamp {
+            seconds: T0 + 3600,
+            nanos: 0,
+        }),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+async fn latest_trends(
+    api: &mut TrendServiceClient<tonic::transport::Channel>,
+) -> pb::ListTrendsResponse {
+    api.list_trends(pb::ListTrendsRequest {
+        brand: "acme".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }

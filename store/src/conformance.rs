@@ -60,6 +60,8 @@ pub async fn run<S: VectorStore>(open: impl Fn() -> S) {
     let name = &format!("conformance-{}", Uuid::new_v4().simple());
     store.ensure_collection(name, DIMENSION).await.unwrap();
     store.ensure_collection(name, DIMENSION).await.unwrap();
+    let listed = store.collections().await.unwrap();
+    assert!(listed.contains(&(name.clone(), DIMENSION)), "{listed:?}");
     assert!(matches!(
         store.ensure_collection(name, DIMENSION + 1).await,
         Err(StoreError::Dimension { .. })
@@ -241,6 +243,67 @@ async fn embedded_store_conforms() {
     run(move || EmbeddedStore::open(&root).unwrap()).await;
 }
 
+/// A copy into `target` stopped after three pages goes on from where it
+/// stopped; a repeat from the start overwrites rather than duplicates; the
+/// copies hold the source's vectors and payloads.
+async fn copies_resume_and_repeat(target: &dyn VectorStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = EmbeddedStore::open(dir.path()).unwrap();
+    let name = &format!("copy-{}", Uuid::new_v4().simple());
+    source.ensure_collection(name, DIMENSION).await.unwrap();
+    let mut rng = Rng(0x5eed);
+    let points: Vec<PointRecord> = (0..1000).map(|i| point(&mut rng, i)).collect();
+    source.upsert(name, points.clone()).await.unwrap();
+    let everything = SignalFilter::default();
+
+    let (mut pages, mut place) = (0, None);
+    let stopped = copy_collection(&source, target, (name, DIMENSION), None, 100, |_, next| {
+        pages += 1;
+        place = next;
+        if pages == 3 {
+            Err(StoreError::Backend("stopped on purpose".into()))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert!(stopped.is_err());
+    assert_eq!(target.count(name, &everything).await.unwrap(), 300);
+    let rest = copy_collection(
+        &source,
+        target,
+        (name, DIMENSION),
+        place,
+        100,
+        |_, _| Ok(()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rest, 700);
+    assert_eq!(target.count(name, &everything).await.unwrap(), 1000);
+    let again = copy_collection(&source, target, (name, DIMENSION), None, 64, |_, _| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(again, 1000);
+    assert_eq!(target.count(name, &everything).await.unwrap(), 1000);
+
+    let ids: Vec<Uuid> = points.iter().step_by(97).map(|p| p.id).collect();
+    let copied = target.retrieve(name, &ids).await.unwrap();
+    let original = source.retrieve(name, &ids).await.unwrap();
+    assert_eq!(copied.len(), ids.len());
+    for (a, b) in original.iter().zip(&copied) {
+        assert_eq!((a.id, &a.payload), (b.id, &b.payload));
+        let (va, vb) = (a.vector.as_ref().unwrap(), b.vector.as_ref().unwrap());
+        assert!(dot(va, vb) > 0.99999, "{}", a.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_between_embedded_stores_resume_and_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    copies_resume_and_repeat(&EmbeddedStore::open(dir.path()).unwrap()).await;
+}
+
 fn remote_options(url: String, layout: u32) -> RemoteOptions {
     RemoteOptions {
         url,
@@ -264,6 +327,7 @@ async fn remote_store_conforms_on_one_node() {
     let store = RemoteStore::connect(options.clone()).unwrap();
     assert_eq!(store.server_version().await.unwrap(), TESTED_QDRANT);
     assert_eq!(pulse_testkit::qdrant::QDRANT_VERSION, TESTED_QDRANT);
+    copies_resume_and_repeat(&RemoteStore::connect(options.clone()).unwrap()).await;
     run(move || RemoteStore::connect(options.clone()).unwrap()).await;
     drop(node);
 }

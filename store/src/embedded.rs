@@ -235,6 +235,17 @@ impl Collection {
 
 #[async_trait::async_trait]
 impl VectorStore for EmbeddedStore {
+    async fn collections(&self) -> Result<Vec<(String, usize)>, StoreError> {
+        let mut collections: Vec<(String, usize)> = self
+            .collections
+            .lock()
+            .iter()
+            .map(|(name, collection)| (name.clone(), collection.dimension))
+            .collect();
+        collections.sort();
+        Ok(collections)
+    }
+
     async fn ensure_collection(
         &self,
         collection: &str,

@@ -147,6 +147,8 @@ pub enum IndexKind {
 /// durably.
 #[async_trait::async_trait]
 pub trait VectorStore: Send + Sync {
+    /// Every collection, with its dimension, by name.
+    async fn collections(&self) -> Result<Vec<(String, usize)>, StoreError>;
     /// Creates the collection (with the payload indexes) if it is missing;
     /// an existing one must have `dimension`.
     async fn ensure_collection(&self, collection: &str, dimension: usize)
@@ -190,6 +192,45 @@ pub trait VectorStore: Send + Sync {
     /// does this itself.
     async fn maintain(&self, _idle: std::time::Duration) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// Points copied per page by [`copy_collection`] unless told otherwise.
+pub const COPY_PAGE: usize = 256;
+
+/// Copies `collection` (vectors and payloads, the same point ids) from one
+/// store to another, page by page in id order, starting at point `from_id`
+/// (where an earlier copy stopped; `None` for the start). The target
+/// collection is created if missing. `copied(points, next)` hears of each
+/// page once the target holds it, with the id the next page starts at
+/// (`None` after the last), so a caller can keep its place; a copy repeated
+/// from any earlier place overwrites points rather than duplicating them.
+/// Returns the points copied.
+pub async fn copy_collection(
+    from: &dyn VectorStore,
+    to: &dyn VectorStore,
+    (collection, dimension): (&str, usize),
+    from_id: Option<Uuid>,
+    page: usize,
+    mut copied: impl FnMut(usize, Option<Uuid>) -> Result<(), StoreError>,
+) -> Result<usize, StoreError> {
+    to.ensure_collection(collection, dimension).await?;
+    let everything = SignalFilter::default();
+    let (mut offset, mut total) = (from_id, 0);
+    loop {
+        let (points, next) = from
+            .scroll(collection, &everything, offset, page.max(1), true)
+            .await?;
+        let count = points.len();
+        if count > 0 {
+            to.upsert(collection, points).await?;
+        }
+        total += count;
+        copied(count, next)?;
+        match next {
+            Some(next) => offset = Some(next),
+            None => return Ok(total),
+        }
     }
 }
 

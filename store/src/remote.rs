@@ -140,6 +140,26 @@ impl RemoteStore {
         }
     }
 
+    /// The vector size of a collection on the server (`None` for named
+    /// vectors, which pulse does not create).
+    async fn server_dimension(&self, collection: &str) -> Result<Option<usize>, StoreError> {
+        let info = self
+            .retry(|| self.client.collection_info(collection))
+            .await?;
+        Ok(info
+            .result
+            .and_then(|i| i.config)
+            .and_then(|c| c.params)
+            .and_then(|p| p.vectors_config)
+            .and_then(|v| v.config)
+            .and_then(|config| match config {
+                qdrant_client::qdrant::vectors_config::Config::Params(params) => {
+                    Some(params.size as usize)
+                }
+                qdrant_client::qdrant::vectors_config::Config::ParamsMap(_) => None,
+            }))
+    }
+
     fn dimension(&self, collection: &str) -> Result<usize, StoreError> {
         self.known
             .lock()
@@ -242,22 +262,7 @@ impl VectorStore for RemoteStore {
             .retry(|| self.client.collection_exists(collection))
             .await?;
         if exists {
-            let info = self
-                .retry(|| self.client.collection_info(collection))
-                .await?;
-            let size = info
-                .result
-                .and_then(|i| i.config)
-                .and_then(|c| c.params)
-                .and_then(|p| p.vectors_config)
-                .and_then(|v| v.config)
-                .and_then(|config| match config {
-                    qdrant_client::qdrant::vectors_config::Config::Params(params) => {
-                        Some(params.size as usize)
-                    }
-                    qdrant_client::qdrant::vectors_config::Config::ParamsMap(_) => None,
-                });
-            if let Some(size) = size
+            if let Some(size) = self.server_dimension(collection).await?
                 && size != dimension
             {
                 return Err(StoreError::Dimension {
@@ -422,6 +427,18 @@ impl VectorStore for RemoteStore {
             .map(|id| uuid_of(Some(id)))
             .transpose()?;
         Ok((records, next))
+    }
+
+    async fn collections(&self) -> Result<Vec<(String, usize)>, StoreError> {
+        let listed = self.retry(|| self.client.list_collections()).await?;
+        let mut collections = Vec::new();
+        for name in listed.collections.into_iter().map(|c| c.name) {
+            if let Some(dimension) = self.server_dimension(&name).await? {
+                collections.push((name, dimension));
+            }
+        }
+        collections.sort();
+        Ok(collections)
     }
 
     async fn count(&self, collection: &str, filter: &SignalFilter) -> Result<usize, StoreError> {

@@ -1,5 +1,6 @@
 pub mod cluster;
 pub mod embed;
+pub mod migrate;
 pub mod models;
 pub mod signals;
 pub mod trends;

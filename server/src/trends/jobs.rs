@@ -736,6 +736,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl VectorStore for Faulty {
+        async fn collections(&self) -> Result<Vec<(String, usize)>, StoreError> {
+            self.inner.collections().await
+        }
         async fn ensure_collection(&self, c: &str, d: usize) -> Result<(), StoreError> {
             self.inner.ensure_collection(c, d).await
         }

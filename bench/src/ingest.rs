@@ -1,7 +1,9 @@
-//! `pulse-bench ingest`: signals through `pulse serve` into its embedded
-//! store against pure embedding throughput on the same texts, and the
-//! embedded store alone at scale: upsert throughput and filtered-search
-//! latency, before and after optimisation.
+//! `pulse-bench ingest`: signals through `pulse serve` into each store of
+//! `--stores` (the embedded one, a real Qdrant node, a real three-node
+//! Qdrant cluster, the last two started by pulse-testkit) against pure
+//! embedding throughput on the same texts, and the embedded store alone at
+//! scale: upsert throughput and filtered-search latency, before and after
+//! optimisation.
 
 use crate::load::{offline_throughput, start_server, stop_server};
 use crate::{cpu_name, workloads, write_report};
@@ -23,6 +25,11 @@ pub struct IngestArgs {
     /// Signals sent through the server.
     #[arg(long, default_value = "3000")]
     signals: usize,
+    /// Where the server stores them: `embedded`, `node` (one Qdrant server)
+    /// and `cluster` (three Qdrant nodes, collections of 2 shards × 2
+    /// replicas, write consistency 2), each a run of its own.
+    #[arg(long, value_delimiter = ',', default_value = "embedded,node,cluster")]
+    stores: Vec<StoreKind>,
     /// Points written straight into the store.
     #[arg(long, default_value = "100000")]
     store_points: usize,
@@ -39,6 +46,67 @@ pub struct IngestArgs {
     out_dir: PathBuf,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    Embedded,
+    Node,
+    Cluster,
+}
+
+/// The Qdrant a run's server is pointed at, kept alive until the run ends.
+#[derive(Default)]
+struct RunningQdrant {
+    _node: Option<pulse_testkit::qdrant::QdrantNode>,
+    _cluster: Option<pulse_testkit::qdrant::QdrantCluster>,
+}
+
+impl StoreKind {
+    /// The Qdrant to start (none for the embedded store) and the flags that
+    /// point `pulse serve` at it.
+    fn start(self) -> anyhow::Result<(RunningQdrant, Vec<String>)> {
+        use pulse_testkit::qdrant::{QdrantCluster, QdrantNode};
+        Ok(match self {
+            StoreKind::Embedded => (RunningQdrant::default(), Vec::new()),
+            StoreKind::Node => {
+                let node = QdrantNode::start()?;
+                let flags = vec!["--qdrant-url".into(), node.grpc_url()];
+                (
+                    RunningQdrant {
+                        _node: Some(node),
+                        ..RunningQdrant::default()
+                    },
+                    flags,
+                )
+            }
+            StoreKind::Cluster => {
+                let cluster = QdrantCluster::start(3)?;
+                let mut flags = vec!["--qdrant-url".into(), cluster.grpc_url()];
+                for flag in [
+                    "--qdrant-shards",
+                    "--qdrant-replication",
+                    "--qdrant-write-consistency",
+                ] {
+                    flags.extend([flag.to_string(), "2".to_string()]);
+                }
+                (
+                    RunningQdrant {
+                        _cluster: Some(cluster),
+                        ..RunningQdrant::default()
+                    },
+                    flags,
+                )
+            }
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct IngestRun {
+    store: StoreKind,
+    signals_per_second: f64,
+}
+
 #[derive(Serialize)]
 struct Latency {
     p50_ms: f64,
@@ -53,7 +121,7 @@ struct Report {
     cores: usize,
     signals: usize,
     offline_texts_per_second: f64,
-    ingest_signals_per_second: f64,
+    ingest: Vec<IngestRun>,
     store_points: usize,
     dimension: usize,
     upsert_points_per_second: f64,
@@ -85,14 +153,23 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     let offline = offline_throughput(&args.model, args.threads, &texts, 32, 10)?;
     eprintln!("offline embedding: {offline:.1} texts/s");
 
-    let (child, address, data_dir) = start_server(&args.model, args.threads, &[])?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let ingest = runtime.block_on(ingest_through_server(&address, &texts));
-    stop_server(child, &data_dir);
-    let ingest = ingest?;
-    eprintln!("end to end: {ingest:.1} signals/s");
+    let mut ingest = Vec::new();
+    for &store in &args.stores {
+        let (qdrant, flags) = store.start()?;
+        let (child, address, data_dir) = start_server(&args.model, args.threads, &flags)?;
+        let rate = runtime.block_on(ingest_through_server(&address, &texts));
+        stop_server(child, &data_dir);
+        drop(qdrant);
+        let rate = rate?;
+        eprintln!("end to end into {store:?}: {rate:.1} signals/s");
+        ingest.push(IngestRun {
+            store,
+            signals_per_second: rate,
+        });
+    }
 
     let store_dir = std::env::temp_dir().join(format!("pulse-bench-store-{}", std::process::id()));
     let measured = runtime.block_on(measure_store(&args, &store_dir));
@@ -105,7 +182,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         signals: args.signals,
         offline_texts_per_second: offline,
-        ingest_signals_per_second: ingest,
+        ingest,
         store_points: args.store_points,
         dimension: args.dimension,
         upsert_points_per_second: upsert_rate,
@@ -230,11 +307,28 @@ async fn measure_store(args: &IngestArgs, dir: &std::path::Path) -> anyhow::Resu
 }
 
 fn markdown(r: &Report) -> String {
+    let ingest: String = r
+        .ingest
+        .iter()
+        .map(|run| {
+            format!(
+                "| end to end: {} signals streamed to `pulse serve`, stored in {} and acknowledged | {:.1} signals/s ({:.0}% of offline) |\n",
+                r.signals,
+                match run.store {
+                    StoreKind::Embedded => "its embedded store",
+                    StoreKind::Node => "one Qdrant node",
+                    StoreKind::Cluster => "a 3-node Qdrant cluster (2 shards × 2 replicas)",
+                },
+                run.signals_per_second,
+                run.signals_per_second / r.offline_texts_per_second * 100.0
+            )
+        })
+        .collect();
     format!(
         "Model `{}` on {} ({} cores).\n\n\
          | measure | figure |\n| --- | ---: |\n\
          | offline embedding, batches of 32 | {:.1} texts/s |\n\
-         | end to end: {} signals streamed to `pulse serve`, stored and acknowledged | {:.1} signals/s ({:.0}% of offline) |\n\
+         {ingest}\
          | store: upsert of {} points of {} dimensions, batches of 500 | {:.0} points/s (batch p50 {:.1} ms, p95 {:.1} ms) |\n\
          | store: filtered search (brand + source + time), top 10, before optimising | p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms |\n\
          | store: optimising | {:.1} s |\n\
@@ -243,9 +337,6 @@ fn markdown(r: &Report) -> String {
         r.cpu,
         r.cores,
         r.offline_texts_per_second,
-        r.signals,
-        r.ingest_signals_per_second,
-        r.ingest_signals_per_second / r.offline_texts_per_second * 100.0,
         r.store_points,
         r.dimension,
         r.upsert_points_per_second,

@@ -348,25 +348,7 @@ async fn ureq_metrics(server: &common::Running) -> String {
 async fn migrate_moves_an_embedded_store_into_qdrant() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap().to_string();
-    let server = start(&["--data-dir", &data_dir]).await;
-    let mut signals = SignalServiceClient::new(channel(&server).await);
-    let batch: Vec<pb::Signal> = (0..48).map(|i| signal(0, i)).collect();
-    signals
-        .ingest(pb::IngestRequest {
-            signals: batch,
-            model: String::new(),
-        })
-        .await
-        .unwrap();
-    let mut trends = TrendServiceClient::new(channel(&server).await);
-    let job = trends
-        .recluster(window("before-migration"))
-        .await
-        .unwrap()
-        .into_inner();
-    succeeded(&mut trends, &job).await;
-    let before = latest_trends(&mut trends).await;
-    server.shutdown().await.unwrap();
+    let before = filled_and_stopped(&["--data-dir", &data_dir]).await;
 
     let node = tokio::task::spawn_blocking(QdrantNode::start)
         .await
@@ -404,16 +386,7 @@ async fn migrate_moves_an_embedded_store_into_qdrant() {
     let server = start(&["--qdrant-url", &url]).await;
     let mut signals = SignalServiceClient::new(channel(&server).await);
     assert_finds_coffee(&mut signals).await;
-    let mut trends = TrendServiceClient::new(channel(&server).await);
-    let after = latest_trends(&mut trends).await;
-    assert_eq!(
-        after.run.as_ref().unwrap().id,
-        before.run.as_ref().unwrap().id
-    );
-    let ids = |listed: &pb::ListTrendsResponse| -> Vec<(i64, u64)> {
-        listed.trends.iter().map(|t| (t.id, t.size)).collect()
-    };
-    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(service_state(&server).await, before);
     server.shutdown().await.unwrap();
     drop(node);
 }
@@ -444,4 +417,130 @@ async fn latest_trends(
     .await
     .unwrap()
     .into_inner()
+}
+
+/// What the service holds after [`ingest_and_recluster`]: which of its 48
+/// signals are readable, and the latest run's trends (id, size).
+async fn service_state(server: &common::Running) -> (HashSet<String>, Vec<(i64, u64)>) {
+    let mut signals = SignalServiceClient::new(channel(server).await);
+    let ids: Vec<String> = (0..48).map(|i| format!("c0-{i}")).collect();
+    let found = readable(&mut signals, &ids).await;
+    let mut trends = TrendServiceClient::new(channel(server).await);
+    let listed = latest_trends(&mut trends).await;
+    let trend_ids = listed.trends.iter().map(|t| (t.id, t.size)).collect();
+    (found, trend_ids)
+}
+
+/// Starts a server with `flags`, gives it 48 signals and one re-cluster
+/// run, stops it, and returns what it held.
+async fn filled_and_stopped(flags: &[&str]) -> (HashSet<String>, Vec<(i64, u64)>) {
+    let server = start(flags).await;
+    ingest_and_recluster(&server, "fill").await;
+    let state = service_state(&server).await;
+    server.shutdown().await.unwrap();
+    assert_eq!(state.0.len(), 48);
+    state
+}
+
+/// 48 signals and one re-cluster run through `server`.
+async fn ingest_and_recluster(server: &common::Running, key: &str) {
+    let mut signals = SignalServiceClient::new(channel(server).await);
+    signals
+        .ingest(pb::IngestRequest {
+            signals: (0..48).map(|i| signal(0, i)).collect(),
+            model: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut trends = TrendServiceClient::new(channel(server).await);
+    let job = trends.recluster(window(key)).await.unwrap().into_inner();
+    succeeded(&mut trends, &job).await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The embedded store's snapshot is its data directory copied after a clean
+/// shutdown (docs/operations.md, "Backups"): a server started on the copy
+/// holds every signal and the same trends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_restores_from_a_copy_of_its_data_directory() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_string();
+    let before = filled_and_stopped(&["--data-dir", &data_dir]).await;
+
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(data.path(), backup.path());
+    drop(data);
+    let restored = start(&["--data-dir", backup.path().to_str().unwrap()]).await;
+    assert_eq!(service_state(&restored).await, before);
+    restored.shutdown().await.unwrap();
+}
+
+/// Qdrant's own snapshots of every collection pulse made, taken, the
+/// collections dropped, and recovered from the snapshot files: the service
+/// finds every signal and the same trends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_collections_restore_from_their_snapshots() {
+    let node = tokio::task::spawn_blocking(QdrantNode::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = node.grpc_url();
+    let before = filled_and_stopped(&["--qdrant-url", &url]).await;
+
+    let rest = format!("http://127.0.0.1:{}", node.http_port());
+    let snapshots = node.snapshots_dir();
+    tokio::task::spawn_blocking(move || {
+        let listed: serde_json::Value = ureq::get(&format!("{rest}/collections"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let names: Vec<String> = listed["result"]["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("signals__")),
+            "{names:?}"
+        );
+        for name in &names {
+            let taken: serde_json::Value =
+                ureq::post(&format!("{rest}/collections/{name}/snapshots?wait=true"))
+                    .call()
+                    .unwrap()
+                    .into_json()
+                    .unwrap();
+            let file = taken["result"]["name"].as_str().unwrap().to_string();
+            ureq::delete(&format!("{rest}/collections/{name}"))
+                .call()
+                .unwrap();
+            let location = format!("file://{}/{name}/{file}", snapshots.display());
+            ureq::put(&format!(
+                "{rest}/collections/{name}/snapshots/recover?wait=true"
+            ))
+            .send_json(serde_json::json!({ "location": location }))
+            .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let restored = start(&["--qdrant-url", &url]).await;
+    assert_eq!(service_state(&restored).await, before);
+    restored.shutdown().await.unwrap();
+    drop(node);
 }

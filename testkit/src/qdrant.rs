@@ -184,6 +184,12 @@ impl QdrantNode {
         self.http
     }
 
+    /// Where the node writes collection snapshots (one folder per
+    /// collection), as `file://` recovery locations name them.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

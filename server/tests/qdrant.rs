@@ -73,6 +73,29 @@ async fn assert_finds_coffee(api: &mut SignalServiceClient<tonic::transport::Cha
     }
 }
 
+/// The collections a node holds, asked over its REST API (blocking).
+fn collection_names(rest: &str) -> Vec<String> {
+    let listed: serde_json::Value = ureq::get(&format!("{rest}/collections"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    listed["result"]["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// One Qdrant node, started off the async workers.
+async fn qdrant_node() -> QdrantNode {
+    tokio::task::spawn_blocking(QdrantNode::start)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn search(text: &str) -> pb::SearchRequest {
     pb::SearchRequest {
         query: Some(pb::search_request::Query::Text(text.into())),
@@ -88,10 +111,7 @@ fn search(text: &str) -> pb::SearchRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_runs_end_to_end_on_a_qdrant_node() {
-    let node = tokio::task::spawn_blocking(QdrantNode::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let node = qdrant_node().await;
     let url = node.grpc_url();
     let server = start(&["--qdrant-url", &url]).await;
     let mut signals = SignalServiceClient::new(channel(&server).await);
@@ -223,6 +243,14 @@ fn search_until(
     })
 }
 
+/// A line in the test's output even when the harness captures it (it
+/// captures the print macros only): the fault tests' counts belong in CI's
+/// log.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|line| line.starts_with(name))
@@ -285,12 +313,12 @@ async fn a_cluster_keeps_every_acknowledged_signal_through_crashes_and_restarts(
         .filter(|id| !found.contains(*id))
         .count();
     let metrics = ureq_metrics(&server).await;
-    eprintln!(
+    report(&format!(
         "node crash: {} signals acknowledged, {lost} lost, {failed} ingest requests failed (UNAVAILABLE); \
          {answered} searches answered, {unavailable} UNAVAILABLE; store retries {}",
         acknowledged.len(),
         metric(&metrics, "pulse_store_retries_total"),
-    );
+    ));
     assert!(
         acknowledged.len() >= 48,
         "too little was ingested to mean anything"
@@ -326,10 +354,10 @@ async fn a_cluster_keeps_every_acknowledged_signal_through_crashes_and_restarts(
         .iter()
         .filter(|id| !found.contains(*id))
         .count();
-    eprintln!(
+    report(&format!(
         "full restart: {} signals acknowledged, {lost} lost",
         acknowledged.len()
-    );
+    ));
     assert_eq!(lost, 0);
     server.shutdown().await.unwrap();
 }
@@ -350,10 +378,7 @@ async fn migrate_moves_an_embedded_store_into_qdrant() {
     let data_dir = data.path().to_str().unwrap().to_string();
     let before = filled_and_stopped(&["--data-dir", &data_dir]).await;
 
-    let node = tokio::task::spawn_blocking(QdrantNode::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let node = qdrant_node().await;
     let url = node.grpc_url();
     let migrate = |extra: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
@@ -492,27 +517,14 @@ async fn an_embedded_store_restores_from_a_copy_of_its_data_directory() {
 /// finds every signal and the same trends again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrant_collections_restore_from_their_snapshots() {
-    let node = tokio::task::spawn_blocking(QdrantNode::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let node = qdrant_node().await;
     let url = node.grpc_url();
     let before = filled_and_stopped(&["--qdrant-url", &url]).await;
 
     let rest = format!("http://127.0.0.1:{}", node.http_port());
     let snapshots = node.snapshots_dir();
     tokio::task::spawn_blocking(move || {
-        let listed: serde_json::Value = ureq::get(&format!("{rest}/collections"))
-            .call()
-            .unwrap()
-            .into_json()
-            .unwrap();
-        let names: Vec<String> = listed["result"]["collections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap().to_string())
-            .collect();
+        let names = collection_names(&rest);
         assert!(
             names.iter().any(|n| n.starts_with("signals__")),
             "{names:?}"
@@ -542,5 +554,77 @@ async fn qdrant_collections_restore_from_their_snapshots() {
     let restored = start(&["--qdrant-url", &url]).await;
     assert_eq!(service_state(&restored).await, before);
     restored.shutdown().await.unwrap();
+    drop(node);
+}
+
+/// A node refusing writes (Qdrant's strict mode with a write rate limit of
+/// one a minute, as an operator's quota or a guard against a filling disk
+/// would): every ingest request is either acknowledged and stored, or fails
+/// with UNAVAILABLE naming Qdrant's reason; nothing unstored is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refusing_writes_gets_clear_errors_and_no_false_acknowledgements() {
+    let node = qdrant_node().await;
+    let url = node.grpc_url();
+    // One try: Qdrant asks to retry after 30 s, which pulse would honour.
+    let server = start(&["--qdrant-url", &url, "--qdrant-attempts", "1"]).await;
+    let mut api = SignalServiceClient::new(channel(&server).await);
+    let batch = |from: usize| pb::IngestRequest {
+        signals: (from..from + 8).map(|i| signal(0, i)).collect(),
+        model: String::new(),
+    };
+    api.ingest(batch(0)).await.unwrap();
+
+    let rest = format!("http://127.0.0.1:{}", node.http_port());
+    tokio::task::spawn_blocking(move || {
+        for name in collection_names(&rest) {
+            ureq::patch(&format!("{rest}/collections/{name}"))
+                .send_json(serde_json::json!({
+                    "strict_mode_config": {"enabled": true, "write_rate_limit": 1}
+                }))
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let (mut acknowledged, mut refused) =
+        ((0..8).map(|i| format!("c0-{i}")).collect::<Vec<_>>(), 0);
+    for from in (8..64).step_by(8) {
+        match api.ingest(batch(from)).await {
+            Ok(_) => acknowledged.extend((from..from + 8).map(|i| format!("c0-{i}"))),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    status.message().contains("Rate limiting exceeded"),
+                    "{}",
+                    status.message()
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 6, "the node refused {refused} of 7 requests");
+    let found = readable(&mut api, &acknowledged).await;
+    assert_eq!(
+        found.len(),
+        acknowledged.len(),
+        "an acknowledged signal is missing"
+    );
+    let stored = api
+        .count_signals(pb::CountSignalsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .count;
+    assert_eq!(
+        stored as usize,
+        acknowledged.len(),
+        "a refused signal was stored"
+    );
+    report(&format!(
+        "refusing node: {} signals acknowledged and stored, {refused} requests refused",
+        acknowledged.len()
+    ));
+    server.shutdown().await.unwrap();
     drop(node);
 }

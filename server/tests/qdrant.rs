@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{channel, start, succeeded};
+use common::fake_llm::{Answer, FakeLlm};
+use common::{channel, latest, llm, start, start_with_llm, succeeded, summaries_settled};
 use pulse_proto::v1 as pb;
 use pulse_proto::v1::signal_service_client::SignalServiceClient;
 use pulse_proto::v1::trend_service_client::TrendServiceClient;
@@ -113,7 +114,8 @@ fn search(text: &str) -> pb::SearchRequest {
 async fn the_service_runs_end_to_end_on_a_qdrant_node() {
     let node = qdrant_node().await;
     let url = node.grpc_url();
-    let server = start(&["--qdrant-url", &url]).await;
+    let fake = FakeLlm::start(Answer::Good).await;
+    let (server, _keys) = start_with_llm(&fake, "summariser", &["--qdrant-url", &url]).await;
     let mut signals = SignalServiceClient::new(channel(&server).await);
     let batch: Vec<pb::Signal> = (0..48).map(|i| signal(0, i)).collect();
     let stored = signals
@@ -150,13 +152,21 @@ async fn the_service_runs_end_to_end_on_a_qdrant_node() {
         .into_inner();
     let done = succeeded(&mut trends, &job).await;
     assert_eq!(done.signals, 48);
-    let listed = latest_trends(&mut trends).await;
+    // Each new trend's LLM summary is asked for, stored on the server as a
+    // record of its own, and read back with the trend.
+    let listed = summaries_settled(&mut trends).await;
     assert_eq!(listed.run.unwrap().id, job.id);
     assert_eq!(listed.trends.len(), 3, "one trend per topic");
     for trend in &listed.trends {
-        let llm = trend.llm_summary.as_ref().unwrap();
-        assert_eq!(llm.status, pb::LlmSummaryStatus::NotConfigured as i32);
+        let summary = llm(trend);
+        assert_eq!(
+            summary.status,
+            pb::LlmSummaryStatus::Done as i32,
+            "{summary:?}"
+        );
+        assert_eq!(summary.title, format!("About {}", trend.keywords[0].term));
     }
+    assert_eq!(fake.calls().len(), 3);
     server.shutdown().await.unwrap();
     drop(node);
 }
@@ -432,18 +442,6 @@ fn window(key: &str) -> pb::ReclusterRequest {
     }
 }
 
-async fn latest_trends(
-    api: &mut TrendServiceClient<tonic::transport::Channel>,
-) -> pb::ListTrendsResponse {
-    api.list_trends(pb::ListTrendsRequest {
-        brand: "acme".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
 /// What the service holds after [`ingest_and_recluster`]: which of its 48
 /// signals are readable, and the latest run's trends (id, size).
 async fn service_state(server: &common::Running) -> (HashSet<String>, Vec<(i64, u64)>) {
@@ -451,7 +449,7 @@ async fn service_state(server: &common::Running) -> (HashSet<String>, Vec<(i64, 
     let ids: Vec<String> = (0..48).map(|i| format!("c0-{i}")).collect();
     let found = readable(&mut signals, &ids).await;
     let mut trends = TrendServiceClient::new(channel(server).await);
-    let listed = latest_trends(&mut trends).await;
+    let listed = latest(&mut trends).await;
     let trend_ids = listed.trends.iter().map(|t| (t.id, t.size)).collect();
     (found, trend_ids)
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::fake_llm::{Answer, FakeLlm};
-use common::{channel, members, start, succeeded};
+use common::{channel, latest, llm, members, start, start_with_llm, succeeded, summaries_settled};
 use pulse_proto::v1 as pb;
 use pulse_proto::v1::embedding_service_client::EmbeddingServiceClient;
 use pulse_proto::v1::signal_service_client::SignalServiceClient;
@@ -131,16 +131,6 @@ fn recluster(key: &str) -> pb::ReclusterRequest {
 /// Starts a re-cluster of the test window under an idempotency key.
 async fn submit(api: &mut TrendServiceClient<Channel>, key: &str) -> pb::Job {
     api.recluster(recluster(key)).await.unwrap().into_inner()
-}
-
-async fn latest(api: &mut TrendServiceClient<Channel>) -> pb::ListTrendsResponse {
-    api.list_trends(pb::ListTrendsRequest {
-        brand: "acme".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
 }
 
 /// Trend id by the topic its keywords name.
@@ -399,34 +389,6 @@ async fn bad_trend_requests_get_precise_statuses() {
     server.shutdown().await.unwrap();
 }
 
-/// A server whose summaries go to `fake` as `model`, with the API key in a
-/// file, and retries short enough for a test; the key's directory lives as
-/// long as the caller keeps it.
-async fn start_with_llm(
-    fake: &FakeLlm,
-    model: &str,
-    extra: &[&str],
-) -> (common::Running, tempfile::TempDir) {
-    let keys = tempfile::tempdir().unwrap();
-    let key_file = keys.path().join("key");
-    std::fs::write(&key_file, "sk-test-key\n").unwrap();
-    let base = fake.base_url();
-    let mut flags = vec![
-        "--llm-base-url",
-        &base,
-        "--llm-model",
-        model,
-        "--llm-api-key-file",
-        key_file.to_str().unwrap(),
-        "--llm-retry-base-ms",
-        "50",
-        "--llm-retry-max-ms",
-        "2000",
-    ];
-    flags.extend_from_slice(extra);
-    (start(&flags).await, keys)
-}
-
 async fn ingest_topics(server: &common::Running, topics: std::ops::Range<usize>) {
     let mut signals = SignalServiceClient::new(channel(server).await);
     signals
@@ -436,29 +398,6 @@ async fn ingest_topics(server: &common::Running, topics: std::ops::Range<usize>)
         })
         .await
         .unwrap();
-}
-
-fn llm(trend: &pb::Trend) -> &pb::LlmSummary {
-    trend
-        .llm_summary
-        .as_ref()
-        .expect("every trend has an LLM summary record")
-}
-
-/// The latest run's trends once none of their summaries is pending.
-async fn summaries_settled(api: &mut TrendServiceClient<Channel>) -> pb::ListTrendsResponse {
-    for _ in 0..600 {
-        let listed = latest(api).await;
-        if listed
-            .trends
-            .iter()
-            .all(|t| llm(t).status != pb::LlmSummaryStatus::Pending as i32)
-        {
-            return listed;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("summaries still pending after 30 s");
 }
 
 async fn metrics_text(server: &common::Running) -> String {

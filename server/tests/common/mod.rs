@@ -5,6 +5,7 @@ pub mod fake_llm;
 
 use clap::Parser;
 use pulse_models::{DEFAULT_MODEL, DeviceSpec, Embedder, EmbedderOptions, ResolveOptions};
+use pulse_proto::v1 as pb;
 use pulse_proto::v1::trend_service_client::TrendServiceClient;
 use pulse_server::Server;
 use pulse_server::config::ServeArgs;
@@ -214,4 +215,66 @@ pub async fn python_json(python: String, args: Vec<String>) -> serde_json::Value
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The brand `acme`'s latest run and its trends.
+pub async fn latest(api: &mut TrendServiceClient<Channel>) -> pb::ListTrendsResponse {
+    api.list_trends(pb::ListTrendsRequest {
+        brand: "acme".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// A server whose summaries go to `fake` as `model`, with the API key in a
+/// file, and retries short enough for a test; the key's directory lives as
+/// long as the caller keeps it.
+pub async fn start_with_llm(
+    fake: &fake_llm::FakeLlm,
+    model: &str,
+    extra: &[&str],
+) -> (Running, tempfile::TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("key");
+    std::fs::write(&key_file, "sk-test-key\n").unwrap();
+    let base = fake.base_url();
+    let mut flags = vec![
+        "--llm-base-url",
+        &base,
+        "--llm-model",
+        model,
+        "--llm-api-key-file",
+        key_file.to_str().unwrap(),
+        "--llm-retry-base-ms",
+        "50",
+        "--llm-retry-max-ms",
+        "2000",
+    ];
+    flags.extend_from_slice(extra);
+    (start(&flags).await, keys)
+}
+
+pub fn llm(trend: &pb::Trend) -> &pb::LlmSummary {
+    trend
+        .llm_summary
+        .as_ref()
+        .expect("every trend has an LLM summary record")
+}
+
+/// The latest run's trends once none of their summaries is pending.
+pub async fn summaries_settled(api: &mut TrendServiceClient<Channel>) -> pb::ListTrendsResponse {
+    for _ in 0..600 {
+        let listed = latest(api).await;
+        if listed
+            .trends
+            .iter()
+            .all(|t| llm(t).status != pb::LlmSummaryStatus::Pending as i32)
+        {
+            return listed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("summaries still pending after 30 s");
 }

@@ -297,6 +297,23 @@ impl RelativePositionBias {
         &self.values[start..start + len]
     }
 
+    /// Every head's bias of every (query, key) of a `seq`-token sequence,
+    /// `heads × seq × seq`: what a padded batch's scores take.
+    pub fn scores(&self, seq: usize) -> Result<Vec<f32>> {
+        self.check(self.heads, &[seq])?;
+        let mut values = Vec::with_capacity(self.heads * seq * seq);
+        for head in 0..self.heads {
+            for query in 0..seq {
+                values.extend_from_slice(self.row(head, query, seq));
+            }
+        }
+        Ok(values)
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
     fn check(&self, heads: usize, lengths: &[usize]) -> Result<()> {
         if self.heads != heads {
             return Err(TransformerError::Shape(format!(
@@ -654,6 +671,20 @@ mod tests {
             let broken = &qkv[1..];
             assert!(attention(broken, lengths, shape, None, products, &mut context).is_err());
         }
+    }
+
+    #[test]
+    fn position_bias_scores_lay_out_every_head_query_and_key() {
+        let bias =
+            RelativePositionBias::new(2, 4, |head, offset| (head * 10) as f32 + offset as f32);
+        let scores = bias.scores(3).unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            0.0, 1.0, 2.0, -1.0, 0.0, 1.0, -2.0, -1.0, 0.0,
+            10.0, 11.0, 12.0, 9.0, 10.0, 11.0, 8.0, 9.0, 10.0,
+        ];
+        assert_eq!(scores, expected);
+        assert!(bias.scores(5).is_err());
     }
 
     #[test]

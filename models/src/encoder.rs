@@ -223,8 +223,8 @@ pub(crate) struct NativeEncoder {
     position_embeddings: Embedding,
     token_type_embeddings: Option<Embedding>,
     embedding_norm: LayerNorm,
-    /// Boxed: only MPNet has one.
-    position_bias: Option<Box<PositionBias>>,
+    /// MPNet's; boxed, as no other model has one.
+    position_bias: Option<Box<RelativePositionBias>>,
     layers: Layers,
     heads: usize,
     head_dim: usize,
@@ -269,49 +269,22 @@ impl LayerBuffers {
     }
 }
 
-/// MPNet's relative position bias: a learned value per bucket and head,
-/// added to every layer's attention scores.
-struct PositionBias {
-    /// `buckets × heads`, as the checkpoint stores it.
-    weights: Vec<f32>,
+/// MPNet's relative position bias: the checkpoint's value per bucket and
+/// head, spread at load into a table per head and offset, which the CPU
+/// layers and the Candle path both read.
+fn mpnet_position_bias(
+    vb: VarBuilder,
     buckets: usize,
     heads: usize,
-    /// Each head's bias per offset, for the CPU layers.
-    by_offset: RelativePositionBias,
-}
-
-impl PositionBias {
-    fn load(vb: VarBuilder, buckets: usize, heads: usize, longest: usize) -> Result<Self> {
-        let weights = vb
-            .get((buckets, heads), "relative_attention_bias.weight")?
-            .to_dtype(DType::F32)?;
-        let mut bias = PositionBias {
-            weights: host_values(&weights)?,
-            buckets,
-            heads,
-            by_offset: RelativePositionBias::new(0, 0, |_, _| 0.0),
-        };
-        bias.by_offset =
-            RelativePositionBias::new(heads, longest, |head, offset| bias.value(head, offset));
-        Ok(bias)
-    }
-
-    fn value(&self, head: usize, offset: isize) -> f32 {
-        self.weights[mpnet_bucket(offset, self.buckets) * self.heads + head]
-    }
-
-    /// The bias of every (head, query, key) of a `seq`-token padded batch,
-    /// `1 × heads × seq × seq`.
-    fn scores(&self, seq: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-        let values: Vec<f32> = (0..self.heads)
-            .flat_map(|head| {
-                (0..seq).flat_map(move |query| {
-                    (0..seq).map(move |key| self.value(head, key as isize - query as isize))
-                })
-            })
-            .collect();
-        Tensor::from_vec(values, (1, self.heads, seq, seq), device)?.to_dtype(dtype)
-    }
+    longest: usize,
+) -> Result<RelativePositionBias> {
+    let weights = vb
+        .get((buckets, heads), "relative_attention_bias.weight")?
+        .to_dtype(DType::F32)?;
+    let weights = host_values(&weights)?;
+    Ok(RelativePositionBias::new(heads, longest, |head, offset| {
+        weights[mpnet_bucket(offset, buckets) * heads + head]
+    }))
 }
 
 /// MPNet's bucket for a key `offset` places after its query (before, where
@@ -415,7 +388,7 @@ impl NativeEncoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let position_bias = match config.relative_attention_buckets {
-            Some(buckets) => Some(Box::new(PositionBias::load(
+            Some(buckets) => Some(Box::new(mpnet_position_bias(
                 vb.pp("encoder"),
                 buckets,
                 heads,
@@ -478,7 +451,13 @@ impl NativeEncoder {
                     .to_dtype(dtype)?
                     .reshape((batch, 1, 1, seq))?;
                 if let Some(position_bias) = &self.position_bias {
-                    let positions = position_bias.scores(seq, dtype, hidden.device())?;
+                    let heads = position_bias.heads();
+                    let positions = Tensor::from_vec(
+                        position_bias.scores(seq)?,
+                        (1, heads, seq, seq),
+                        hidden.device(),
+                    )?
+                    .to_dtype(dtype)?;
                     score_bias = score_bias.broadcast_add(&positions)?;
                 }
                 for layer in layers {
@@ -517,7 +496,7 @@ impl NativeEncoder {
         for layer in &layers.layers {
             layer.qkv.forward(&hidden, None, qkv)?;
             let products = AttentionProducts::for_weights(layer.qkv.precision());
-            let position_bias = self.position_bias.as_ref().map(|bias| &bias.by_offset);
+            let position_bias = self.position_bias.as_deref();
             let shape = (self.heads, self.head_dim);
             kernels::attention(qkv, lengths, shape, position_bias, products, context)?;
             layer

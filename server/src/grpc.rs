@@ -77,7 +77,7 @@ impl EmbeddingApi {
             prompt: Some(prompt),
         };
         let texts: Vec<String> = request.inputs.iter().map(|i| i.text.clone()).collect();
-        let outcome = model.embed(&texts, &options).await.map_err(status_of)?;
+        let outcome = model.embed(texts, &options).await.map_err(status_of)?;
         Ok((model.name.clone(), outcome))
     }
 }

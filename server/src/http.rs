@@ -352,7 +352,7 @@ async fn embeddings(
         quota: quota.map(|Extension(quota)| quota),
         prompt: Some(prompt),
     };
-    let outcome = match model.embed_inputs(&inputs, &options).await {
+    let outcome = match model.embed_inputs(inputs, &options).await {
         Ok(outcome) => outcome,
         Err(EmbedError::RateLimited(limited)) => return rate_limited(&limited),
         Err(err) => {

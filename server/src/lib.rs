@@ -273,7 +273,7 @@ impl Server {
                         quota: None,
                         prompt: None,
                     };
-                    if let Err(err) = model.embed(&["warm-up".to_string()], &options).await {
+                    if let Err(err) = model.embed(vec!["warm-up".to_string()], &options).await {
                         tracing::error!(model = %model.name, error = %err, "warm-up failed");
                         return;
                     }

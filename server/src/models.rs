@@ -24,7 +24,7 @@ pub struct ServedModel {
 }
 
 /// One input of a request.
-#[derive(Debug, Clone, Hash)]
+#[derive(Debug, Hash)]
 pub enum Input {
     /// A text, tokenized by the server with the request's prompt before it.
     Text(String),
@@ -173,17 +173,17 @@ impl ServedModel {
     /// Embeds `texts`: one result per text, in order.
     pub async fn embed(
         &self,
-        texts: &[String],
+        texts: Vec<String>,
         options: &EmbedOptions,
     ) -> Result<EmbedOutcome, EmbedError> {
-        let inputs: Vec<Input> = texts.iter().cloned().map(Input::Text).collect();
-        self.embed_inputs(&inputs, options).await
+        let inputs: Vec<Input> = texts.into_iter().map(Input::Text).collect();
+        self.embed_inputs(inputs, options).await
     }
 
     /// Embeds `inputs`: one result per input, in order.
     pub async fn embed_inputs(
         &self,
-        inputs: &[Input],
+        inputs: Vec<Input>,
         options: &EmbedOptions,
     ) -> Result<EmbedOutcome, EmbedError> {
         let normalize = options.normalize.unwrap_or(self.info().normalize);
@@ -215,8 +215,12 @@ impl ServedModel {
 
         if !misses.is_empty() {
             let embedder = self.embedder.clone();
-            let missed: Vec<(usize, Input)> =
-                misses.iter().map(|&i| (i, inputs[i].clone())).collect();
+            // The inputs the cache did not answer move to the tokenizer.
+            let missed: Vec<(usize, Input)> = inputs
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| slots[*index].is_none())
+                .collect();
             let tokenized =
                 tokio::task::spawn_blocking(move || tokenize(&embedder, &missed, &prompt))
                     .await

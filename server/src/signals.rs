@@ -178,7 +178,7 @@ impl SignalApi {
             quota,
             prompt: None,
         };
-        let outcome = model.embed(&texts, &options).await.map_err(status_of)?;
+        let outcome = model.embed(texts, &options).await.map_err(status_of)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -319,7 +319,7 @@ impl pb::signal_service_server::SignalService for SignalApi {
                     quota,
                     prompt: None,
                 };
-                let outcome = model.embed(&[text], &options).await.map_err(status_of)?;
+                let outcome = model.embed(vec![text], &options).await.map_err(status_of)?;
                 match outcome.items.into_iter().next() {
                     Some(Ok(embedded)) => embedded.vector,
                     Some(Err(e)) => return Err(Status::invalid_argument(e.message)),

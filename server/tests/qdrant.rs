@@ -5,7 +5,10 @@
 mod common;
 
 use common::fake_llm::{Answer, FakeLlm};
-use common::{channel, latest, llm, start, start_with_llm, succeeded, summaries_settled};
+use common::{
+    channel, latest, recluster_window, start, start_with_llm, succeeded, summaries_settled,
+    summarised,
+};
 use pulse_proto::v1 as pb;
 use pulse_proto::v1::signal_service_client::SignalServiceClient;
 use pulse_proto::v1::trend_service_client::TrendServiceClient;
@@ -146,7 +149,7 @@ async fn the_service_runs_end_to_end_on_a_qdrant_node() {
     // Re-clustering reads the window from the server and keeps its runs there.
     let mut trends = TrendServiceClient::new(channel(&server).await);
     let job = trends
-        .recluster(window("remote-1"))
+        .recluster(recluster_window(T0 - 60, T0 + 3600, "remote-1"))
         .await
         .unwrap()
         .into_inner();
@@ -158,13 +161,7 @@ async fn the_service_runs_end_to_end_on_a_qdrant_node() {
     assert_eq!(listed.run.unwrap().id, job.id);
     assert_eq!(listed.trends.len(), 3, "one trend per topic");
     for trend in &listed.trends {
-        let summary = llm(trend);
-        assert_eq!(
-            summary.status,
-            pb::LlmSummaryStatus::Done as i32,
-            "{summary:?}"
-        );
-        assert_eq!(summary.title, format!("About {}", trend.keywords[0].term));
+        summarised(trend);
     }
     assert_eq!(fake.calls().len(), 3);
     server.shutdown().await.unwrap();
@@ -426,22 +423,6 @@ async fn migrate_moves_an_embedded_store_into_qdrant() {
     drop(node);
 }
 
-fn window(key: &str) -> pb::ReclusterRequest {
-    pb::ReclusterRequest {
-        brand: "acme".into(),
-        from: Some(prost_types::Timestamp {
-            seconds: T0 - 60,
-            nanos: 0,
-        }),
-        to: Some(prost_types::Timestamp {
-            seconds: T0 + 3600,
-            nanos: 0,
-        }),
-        idempotency_key: key.into(),
-        ..Default::default()
-    }
-}
-
 /// What the service holds after [`ingest_and_recluster`]: which of its 48
 /// signals are readable, and the latest run's trends (id, size).
 async fn service_state(server: &common::Running) -> (HashSet<String>, Vec<(i64, u64)>) {
@@ -476,7 +457,11 @@ async fn ingest_and_recluster(server: &common::Running, key: &str) {
         .await
         .unwrap();
     let mut trends = TrendServiceClient::new(channel(server).await);
-    let job = trends.recluster(window(key)).await.unwrap().into_inner();
+    let job = trends
+        .recluster(recluster_window(T0 - 60, T0 + 3600, key))
+        .await
+        .unwrap()
+        .into_inner();
     succeeded(&mut trends, &job).await;
 }
 

@@ -4,7 +4,9 @@
 mod common;
 
 use common::fake_llm::{Answer, FakeLlm};
-use common::{channel, latest, llm, members, start, start_with_llm, succeeded, summaries_settled};
+use common::{
+    channel, latest, llm, members, start, start_with_llm, succeeded, summaries_settled, summarised,
+};
 use pulse_proto::v1 as pb;
 use pulse_proto::v1::embedding_service_client::EmbeddingServiceClient;
 use pulse_proto::v1::signal_service_client::SignalServiceClient;
@@ -105,15 +107,6 @@ fn topic_signals(topic: usize) -> Vec<pb::Signal> {
 
 fn recluster(key: &str) -> pb::ReclusterRequest {
     pb::ReclusterRequest {
-        brand: "acme".into(),
-        from: Some(prost_types::Timestamp {
-            seconds: T0 - 3600,
-            nanos: 0,
-        }),
-        to: Some(prost_types::Timestamp {
-            seconds: T0 + 86_400,
-            nanos: 0,
-        }),
         // Leaves: a topic (16 signals) cannot split into two clusters of
         // 10, so each topic is one leaf, while excess of mass may (and with
         // two close topics did) keep two topics as one trend.
@@ -123,8 +116,7 @@ fn recluster(key: &str) -> pb::ReclusterRequest {
             selection: "leaf".into(),
             ..Default::default()
         }),
-        idempotency_key: key.into(),
-        ..Default::default()
+        ..common::recluster_window(T0 - 3600, T0 + 86_400, key)
     }
 }
 
@@ -444,14 +436,7 @@ async fn llm_summaries_are_retried_stored_and_not_asked_twice() {
     let listed = summaries_settled(&mut api).await;
     let topics = by_topic(&listed);
     for trend in &listed.trends {
-        let summary = llm(trend);
-        assert_eq!(
-            summary.status,
-            pb::LlmSummaryStatus::Done as i32,
-            "{summary:?}"
-        );
-        // The prompt carried the trend's keywords; the answer echoes one.
-        assert_eq!(summary.title, format!("About {}", trend.keywords[0].term));
+        let summary = summarised(trend);
         assert_eq!(summary.sentiment, "negative");
         assert_eq!(
             (summary.provider.as_str(), summary.model.as_str()),

@@ -278,3 +278,29 @@ pub async fn summaries_settled(api: &mut TrendServiceClient<Channel>) -> pb::Lis
     }
     panic!("summaries still pending after 30 s");
 }
+
+/// A re-cluster of brand `acme`'s signals between two Unix times (seconds),
+/// under an idempotency key, with the service's parameters.
+pub fn recluster_window(from: i64, to: i64, key: &str) -> pb::ReclusterRequest {
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    pb::ReclusterRequest {
+        brand: "acme".into(),
+        from: at(from),
+        to: at(to),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+/// `trend`'s summary, asserted written by the fake provider's good answer:
+/// DONE, titled after the trend's first keyword, which the prompt carried.
+pub fn summarised(trend: &pb::Trend) -> &pb::LlmSummary {
+    let summary = llm(trend);
+    assert_eq!(
+        summary.status,
+        pb::LlmSummaryStatus::Done as i32,
+        "{summary:?}"
+    );
+    assert_eq!(summary.title, format!("About {}", trend.keywords[0].term));
+    summary
+}

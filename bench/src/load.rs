@@ -168,12 +168,22 @@ pub fn start_server(
     threads: Option<usize>,
     extra: &[String],
 ) -> anyhow::Result<(Child, String, PathBuf)> {
+    let data_dir = std::env::temp_dir().join(format!("pulse-bench-load-{}", std::process::id()));
+    start_server_on(model, threads, extra, data_dir)
+}
+
+/// [`start_server`] on a data directory prepared beforehand.
+pub fn start_server_on(
+    model: &str,
+    threads: Option<usize>,
+    extra: &[String],
+    data_dir: PathBuf,
+) -> anyhow::Result<(Child, String, PathBuf)> {
     let pulse = std::env::current_exe()?
         .parent()
         .map(|dir| dir.join("pulse"))
         .filter(|p| p.is_file())
         .context("no `pulse` binary beside pulse-bench: build it (cargo build --release -p pulse-server) or pass --server")?;
-    let data_dir = std::env::temp_dir().join(format!("pulse-bench-load-{}", std::process::id()));
     let mut command = Command::new(pulse);
     command.args([
         "serve",

@@ -6,6 +6,7 @@ mod gpu;
 mod ingest;
 mod load;
 mod matmul;
+mod recluster;
 mod storm;
 mod trends;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Trend quality on labelled real texts (the fortunes, WordNet
     /// glosses): pulse's trend pipeline beside BERTopic on the same vectors.
     Trends(trends::TrendsArgs),
+    /// One re-cluster job over a large window through `pulse serve`: time
+    /// per stage and the server's memory.
+    Recluster(recluster::ReclusterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +64,6 @@ fn main() -> anyhow::Result<()> {
         Command::Storm(args) => storm::run(args),
         Command::Models(args) => pulse_bench::models::run(args),
         Command::Trends(args) => trends::run(args),
+        Command::Recluster(args) => recluster::run(args),
     }
 }

@@ -42,6 +42,14 @@ pub struct TrendsArgs {
     /// pipeline's).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Every pulse setting with approximate neighbours (the inverted file)
+    /// in place of exact ones: how large windows run.
+    #[arg(long)]
+    approximate: bool,
+    /// Only the pipeline's defaults (and BERTopic, where given): for runs at
+    /// scale.
+    #[arg(long)]
+    defaults_only: bool,
     /// A Python with `bertopic` (`scripts/reference-env`): BERTopic's
     /// default path runs on the same vectors.
     #[arg(long)]
@@ -63,9 +71,9 @@ struct Run {
     engine: String,
     setting: String,
     seconds: f64,
-    /// pulse's steps: reduction (neighbours and layout), HDBSCAN,
+    /// pulse's steps: the reduction's neighbour lists, its layout, HDBSCAN,
     /// assignment and merging.
-    steps: Option<[f64; 4]>,
+    steps: Option<[f64; 5]>,
     #[serde(flatten)]
     scores: Scores,
 }
@@ -274,9 +282,17 @@ fn measure_set(
     let truth = labelled::label_ids(texts);
     let strings: Vec<&str> = texts.iter().map(|t| t.text.as_str()).collect();
     let mut runs = Vec::new();
-    for mut setting in settings(args.sweep) {
+    let mut chosen = settings(args.sweep);
+    if args.defaults_only {
+        chosen.truncate(1);
+    }
+    for mut setting in chosen {
         if let Some(reduction) = &mut setting.params.reduction {
             reduction.epochs = args.epochs.or(reduction.epochs);
+        }
+        if args.approximate {
+            setting.params.hdbscan.approximate = true;
+            setting.name.push_str(", approximate");
         }
         let (trends, seconds) = median_run(args.repeat, || {
             find_trends(vectors, dim, &strings, &setting.params, device)
@@ -286,7 +302,8 @@ fn measure_set(
             setting: setting.name,
             seconds,
             steps: Some([
-                trends.timings.reduction.as_secs_f64(),
+                trends.timings.neighbours.as_secs_f64(),
+                trends.timings.layout.as_secs_f64(),
                 trends.timings.clustering.total().as_secs_f64(),
                 trends.timings.assignment.as_secs_f64(),
                 trends.timings.merging.as_secs_f64(),

@@ -271,7 +271,7 @@ impl Neighbours {
                 expected: indices.len(),
             });
         }
-        if k == 0 || !indices.len().is_multiple_of(k) {
+        if (k == 0 && !indices.is_empty()) || (k > 0 && !indices.len().is_multiple_of(k)) {
             return Err(DistanceError::Length {
                 what: "neighbour lists",
                 got: indices.len(),

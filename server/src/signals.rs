@@ -32,24 +32,7 @@ pub fn point_id(brand: &str, id: &str) -> Uuid {
     Uuid::new_v5(&SIGNAL_NAMESPACE, key.as_bytes())
 }
 
-/// The collection holding the vectors of `model`.
-pub fn collection_name(model: &str) -> String {
-    format!("signals__{}", model_slug(model))
-}
-
-/// `model` as a collection-name suffix.
-pub(crate) fn model_slug(model: &str) -> String {
-    model
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
+pub use pulse_store::{model_slug, signal_collection as collection_name};
 
 #[derive(Debug, Clone)]
 pub struct SignalLimits {

@@ -15,6 +15,26 @@ pub use remote::{CLIENT_VERSION, RemoteOptions, RemoteStore, TESTED_QDRANT, comp
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+/// The collection holding the signal vectors `model` makes: the server's
+/// and every tool's that writes a window for it.
+pub fn signal_collection(model: &str) -> String {
+    format!("signals__{}", model_slug(model))
+}
+
+/// `model` as a collection-name suffix.
+pub fn model_slug(model: &str) -> String {
+    model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("collection `{0}` does not exist")]

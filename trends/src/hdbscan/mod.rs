@@ -14,6 +14,7 @@
 //! `min_samples = k + 1` is the package's `k`).
 
 mod approximate;
+mod kdtree;
 mod mst;
 mod tree;
 
@@ -115,7 +116,8 @@ pub struct Params {
     pub allow_single_cluster: bool,
     /// Neighbours from an inverted file instead of all pairs (see
     /// [`approximate`]): for large n, at some cost in agreement with the
-    /// exact result.
+    /// exact result. In at most 16 dimensions the exact k-d tree path
+    /// ([`kdtree`]) runs either way: it is the faster there.
     pub approximate: bool,
 }
 
@@ -236,14 +238,19 @@ pub fn hdbscan_on(
 
     let started = Instant::now();
     let k = min_samples.max(MIN_LIST_LENGTH).min(n - 1);
-    let file = if params.approximate {
+    // In few dimensions a k-d tree is exact and faster than either
+    // all-pairs or the inverted file, so it serves both modes.
+    let low = (dim <= kdtree::MAX_DIMENSIONS).then(|| kdtree::KdTree::build(points));
+    let approximate = lists_are_approximate(dim, params.approximate);
+    let file = if approximate {
         Some(approximate::InvertedFile::build(points, k)?)
     } else {
         None
     };
-    let found = match &file {
-        Some(file) => file.knn(k)?,
-        None => distance::knn_on(points, k, device)?,
+    let found = match (&low, &file) {
+        (Some(low), _) => low.knn(k)?,
+        (None, Some(file)) => file.knn(k)?,
+        (None, None) => distance::knn_on(points, k, device)?,
     };
     let lists = mst::NeighbourLists::refined(points, &found);
     drop(found);
@@ -253,11 +260,13 @@ pub fn hdbscan_on(
     timings.neighbours = started.elapsed();
 
     let started = Instant::now();
-    let edges = match &file {
-        Some(file) => file.spanning_tree(points, &lists, &core)?,
-        None => mst::spanning_tree(points, &lists, &core)?,
+    let edges = match (&low, &file) {
+        (Some(low), _) => mst::spanning_tree_in_few_dimensions(points, low, &lists, &core),
+        (None, Some(file)) => file.spanning_tree(points, &lists, &core)?,
+        (None, None) => mst::spanning_tree(points, &lists, &core)?,
     };
     drop(file);
+    drop(low);
     drop(lists);
     timings.spanning_tree = started.elapsed();
 
@@ -279,14 +288,15 @@ pub fn hdbscan_on(
         probabilities: flat.probabilities.iter().map(|&p| p as f32).collect(),
         outlier_scores: flat.outlier_scores.iter().map(|&s| s as f32).collect(),
         n_clusters: flat.n_clusters,
-        approximate: params.approximate,
+        approximate,
         timings,
     })
 }
 
-/// The `k` nearest other points of every point: from an inverted file when
-/// `approximate`, else exactly on `device`. For the pipeline's steps that
-/// need neighbour lists of their own (the reduction's graph).
+/// The `k` nearest other points of every point: by a k-d tree in few
+/// dimensions, from an inverted file when `approximate`, else exactly on
+/// `device`. For the pipeline's steps that need neighbour lists of their
+/// own (the reduction's graph).
 pub(crate) fn neighbour_lists(
     points: Rows<'_>,
     k: usize,
@@ -294,11 +304,19 @@ pub(crate) fn neighbour_lists(
     device: &Device,
 ) -> Result<distance::Neighbours, DistanceError> {
     let k = k.min(points.len().saturating_sub(1));
-    if approximate && k > 0 {
+    if points.dim() <= kdtree::MAX_DIMENSIONS {
+        kdtree::knn(points, k)
+    } else if lists_are_approximate(points.dim(), approximate) && k > 0 {
         approximate::InvertedFile::build(points, k)?.knn(k)
     } else {
         distance::knn_on(points, k, device)
     }
+}
+
+/// Whether `approximate` neighbour lists of `dim`-dimensional points are
+/// approximate: in few dimensions they are the k-d tree's exact ones.
+pub(crate) fn lists_are_approximate(dim: usize, approximate: bool) -> bool {
+    approximate && dim > kdtree::MAX_DIMENSIONS
 }
 
 pub(crate) fn normalise_rows(data: &[f32], dim: usize) -> Result<Vec<f32>, HdbscanError> {

@@ -68,7 +68,8 @@ impl NeighbourLists {
     }
 }
 
-fn lighter(x: &WeightedEdge, y: &WeightedEdge) -> bool {
+/// The total order Borůvka needs: by weight, then by the edge's ends.
+pub(super) fn lighter(x: &WeightedEdge, y: &WeightedEdge) -> bool {
     let key = |e: &WeightedEdge| (e.weight, e.a.min(e.b), e.a.max(e.b));
     let (kx, ky) = (key(x), key(y));
     kx.0 < ky.0 || (kx.0 == ky.0 && (kx.1, kx.2) < (ky.1, ky.2))
@@ -81,6 +82,23 @@ pub(crate) fn spanning_tree(
     core: &[f64],
 ) -> Result<Vec<WeightedEdge>, DistanceError> {
     spanning_tree_with(points, lists, core, most_for_matrix(points.len(), lists.k))
+}
+
+/// [`spanning_tree`] in few dimensions: the listed edges first, then the
+/// k-d tree's Borůvka rounds instead of the all-pairs passes.
+pub(crate) fn spanning_tree_in_few_dimensions(
+    points: Rows<'_>,
+    low: &super::kdtree::KdTree<'_>,
+    lists: &NeighbourLists,
+    core: &[f64],
+) -> Vec<WeightedEdge> {
+    let n = points.len();
+    let mut sets = UnionFind::new(n);
+    let mut tree = Vec::with_capacity(n.saturating_sub(1));
+    join_by_listed_edges(n, lists, core, &mut sets, &mut tree, true);
+    low.join_components(core, &mut sets, &mut tree);
+    exact_weights(points, core, &mut tree);
+    tree
 }
 
 /// The components × components matrix may take as much memory as the

@@ -248,14 +248,14 @@ pub fn find_trends(
     let clustering: Clustering = match &params.reduction {
         Some(reduction) if n > reduction.neighbours => {
             let started = Instant::now();
-            let found = hdbscan::neighbour_lists(
+            let (found, approximate) = hdbscan::neighbour_lists(
                 points,
                 reduction.neighbours - 1,
                 params.hdbscan.approximate,
                 device,
             )?;
             timings.neighbours = started.elapsed();
-            approximate_lists = hdbscan::lists_are_approximate(dim, params.hdbscan.approximate);
+            approximate_lists = approximate;
             let started = Instant::now();
             let layout = reduce::reduce(points, &found, distance, reduction)?;
             lists = Some(found);
@@ -280,12 +280,9 @@ pub fn find_trends(
     {
         let voters = match (assignment.by, lists) {
             (AssignBy::Neighbours, Some(lists)) => Some(lists),
-            (AssignBy::Neighbours, None) => Some(hdbscan::neighbour_lists(
-                points,
-                VOTERS - 1,
-                params.hdbscan.approximate,
-                device,
-            )?),
+            (AssignBy::Neighbours, None) => Some(
+                hdbscan::neighbour_lists(points, VOTERS - 1, params.hdbscan.approximate, device)?.0,
+            ),
             (AssignBy::Centroid, _) => None,
         };
         let placed = assign(
@@ -295,7 +292,7 @@ pub fn find_trends(
             clustering.n_clusters,
             voters.as_ref(),
             assignment,
-        );
+        )?;
         for (i, place) in placed.into_iter().enumerate() {
             if let Some((label, score)) = place {
                 labels[i] = label as i32;
@@ -362,7 +359,7 @@ fn nearest_centroids(
     points: Rows<'_>,
     labels: &[i32],
     clusters: usize,
-) -> Vec<Option<(usize, f32)>> {
+) -> Result<Vec<Option<(usize, f32)>>, DistanceError> {
     let dim = points.dim();
     let centres = centroids(points, labels, clusters);
     let kept: Vec<usize> = (0..clusters)
@@ -383,20 +380,17 @@ fn nearest_centroids(
         }
     }
     let mut out = vec![None; labels.len()];
-    let found = match (Rows::new(&queries, dim), Rows::new(&base, dim)) {
-        (Ok(queries), Ok(base)) if !kept.is_empty() => nearest_rows(queries, base, 1),
-        _ => return out,
-    };
-    let Ok(found) = found else {
-        return out;
-    };
+    if kept.is_empty() || asking.is_empty() {
+        return Ok(out);
+    }
+    let found = nearest_rows(Rows::new(&queries, dim)?, Rows::new(&base, dim)?, 1)?;
     for (q, &i) in asking.iter().enumerate() {
         if let Some(&c) = found.of(q).0.first() {
             let trend = kept[c as usize];
             out[i] = Some((trend, cosine(points.row(i), &centres[trend])));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Where each noise point goes, with its score: `None` for members and for
@@ -408,12 +402,12 @@ fn assign(
     clusters: usize,
     voters: Option<&Neighbours>,
     params: &AssignmentParams,
-) -> Vec<Option<(usize, f32)>> {
+) -> Result<Vec<Option<(usize, f32)>>, DistanceError> {
     let nearest = match voters {
-        None => nearest_centroids(points, labels, clusters),
+        None => nearest_centroids(points, labels, clusters)?,
         Some(_) => Vec::new(),
     };
-    (0..labels.len())
+    Ok((0..labels.len())
         .map(|i| {
             if labels[i] >= 0 {
                 return None;
@@ -446,7 +440,7 @@ fn assign(
             };
             best.filter(|&(_, score)| score >= params.threshold && score > 0.0)
         })
-        .collect()
+        .collect())
 }
 
 /// The merged trend of each of `clusters`, numbered `0..` in order of each
@@ -627,6 +621,7 @@ mod tests {
                     voters,
                     &AssignmentParams { by, threshold },
                 )
+                .unwrap()
             };
             let loose = placed(0.3);
             assert!(
@@ -664,7 +659,7 @@ mod tests {
             })
             .collect();
         let centres = centroids(points, &labels, clusters);
-        let found = nearest_centroids(points, &labels, clusters);
+        let found = nearest_centroids(points, &labels, clusters).unwrap();
         for (i, place) in found.iter().enumerate() {
             if labels[i] >= 0 {
                 assert!(place.is_none());

@@ -356,11 +356,6 @@ impl Search<'_, '_> {
     }
 }
 
-/// [`KdTree::knn`] for callers with only the points.
-pub(crate) fn knn(points: Rows<'_>, k: usize) -> Result<Neighbours, DistanceError> {
-    KdTree::build(points).knn(k.min(points.len().saturating_sub(1)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,7 +378,7 @@ mod tests {
             let data = cloud(n, dim, n as u64);
             let points = Rows::new(&data, dim).unwrap();
             let k = 10.min(n - 1);
-            let found = knn(points, k).unwrap();
+            let found = KdTree::build(points).knn(k).unwrap();
             for i in 0..n {
                 let mut all: Vec<(f64, u32)> = (0..n)
                     .filter(|&j| j != i)

@@ -238,20 +238,8 @@ pub fn hdbscan_on(
 
     let started = Instant::now();
     let k = min_samples.max(MIN_LIST_LENGTH).min(n - 1);
-    // In few dimensions a k-d tree is exact and faster than either
-    // all-pairs or the inverted file, so it serves both modes.
-    let low = (dim <= kdtree::MAX_DIMENSIONS).then(|| kdtree::KdTree::build(points));
-    let approximate = lists_are_approximate(dim, params.approximate);
-    let file = if approximate {
-        Some(approximate::InvertedFile::build(points, k)?)
-    } else {
-        None
-    };
-    let found = match (&low, &file) {
-        (Some(low), _) => low.knn(k)?,
-        (None, Some(file)) => file.knn(k)?,
-        (None, None) => distance::knn_on(points, k, device)?,
-    };
+    let index = NeighbourIndex::new(points, k, params.approximate)?;
+    let found = index.knn(points, k, device)?;
     let lists = mst::NeighbourLists::refined(points, &found);
     drop(found);
     let core: Vec<f64> = (0..n)
@@ -260,13 +248,9 @@ pub fn hdbscan_on(
     timings.neighbours = started.elapsed();
 
     let started = Instant::now();
-    let edges = match (&low, &file) {
-        (Some(low), _) => mst::spanning_tree_in_few_dimensions(points, low, &lists, &core),
-        (None, Some(file)) => file.spanning_tree(points, &lists, &core)?,
-        (None, None) => mst::spanning_tree(points, &lists, &core)?,
-    };
-    drop(file);
-    drop(low);
+    let edges = index.spanning_tree(points, &lists, &core)?;
+    let approximate = index.is_approximate();
+    drop(index);
     drop(lists);
     timings.spanning_tree = started.elapsed();
 
@@ -293,30 +277,74 @@ pub fn hdbscan_on(
     })
 }
 
-/// The `k` nearest other points of every point: by a k-d tree in few
-/// dimensions, from an inverted file when `approximate`, else exactly on
-/// `device`. For the pipeline's steps that need neighbour lists of their
-/// own (the reduction's graph).
+/// Where neighbours and the spanning tree's joining edges come from.
+enum NeighbourIndex<'a> {
+    /// Few dimensions (the reduced layout): exact, and faster than either
+    /// other way there, so it serves both modes.
+    Tree(kdtree::KdTree<'a>),
+    /// `approximate` in many dimensions.
+    File(approximate::InvertedFile),
+    /// Exact all-pairs passes, the neighbours on the given device.
+    AllPairs,
+}
+
+impl<'a> NeighbourIndex<'a> {
+    fn new(points: Rows<'a>, k: usize, approximate: bool) -> Result<Self, DistanceError> {
+        Ok(if points.dim() <= kdtree::MAX_DIMENSIONS {
+            Self::Tree(kdtree::KdTree::build(points))
+        } else if approximate && k > 0 {
+            Self::File(approximate::InvertedFile::build(points, k)?)
+        } else {
+            Self::AllPairs
+        })
+    }
+
+    fn is_approximate(&self) -> bool {
+        matches!(self, Self::File(_))
+    }
+
+    /// The `k` nearest other points of every point (`k < points.len()`).
+    fn knn(
+        &self,
+        points: Rows<'_>,
+        k: usize,
+        device: &Device,
+    ) -> Result<distance::Neighbours, DistanceError> {
+        match self {
+            Self::Tree(tree) => tree.knn(k),
+            Self::File(file) => file.knn(k),
+            Self::AllPairs => distance::knn_on(points, k, device),
+        }
+    }
+
+    fn spanning_tree(
+        &self,
+        points: Rows<'_>,
+        lists: &mst::NeighbourLists,
+        core: &[f64],
+    ) -> Result<Vec<tree::WeightedEdge>, DistanceError> {
+        match self {
+            Self::Tree(tree) => Ok(mst::spanning_tree_in_few_dimensions(
+                points, tree, lists, core,
+            )),
+            Self::File(file) => file.spanning_tree(points, lists, core),
+            Self::AllPairs => mst::spanning_tree(points, lists, core),
+        }
+    }
+}
+
+/// The `k` nearest other points of every point, and whether they are
+/// approximate: for the pipeline's steps that need neighbour lists of
+/// their own (the reduction's graph), chosen as HDBSCAN chooses its own.
 pub(crate) fn neighbour_lists(
     points: Rows<'_>,
     k: usize,
     approximate: bool,
     device: &Device,
-) -> Result<distance::Neighbours, DistanceError> {
+) -> Result<(distance::Neighbours, bool), DistanceError> {
     let k = k.min(points.len().saturating_sub(1));
-    if points.dim() <= kdtree::MAX_DIMENSIONS {
-        kdtree::knn(points, k)
-    } else if lists_are_approximate(points.dim(), approximate) && k > 0 {
-        approximate::InvertedFile::build(points, k)?.knn(k)
-    } else {
-        distance::knn_on(points, k, device)
-    }
-}
-
-/// Whether `approximate` neighbour lists of `dim`-dimensional points are
-/// approximate: in few dimensions they are the k-d tree's exact ones.
-pub(crate) fn lists_are_approximate(dim: usize, approximate: bool) -> bool {
-    approximate && dim > kdtree::MAX_DIMENSIONS
+    let index = NeighbourIndex::new(points, k, approximate)?;
+    Ok((index.knn(points, k, device)?, index.is_approximate()))
 }
 
 pub(crate) fn normalise_rows(data: &[f32], dim: usize) -> Result<Vec<f32>, HdbscanError> {

@@ -33,9 +33,9 @@ pub struct TrendsArgs {
     synthetic: Vec<usize>,
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
-    /// Also run a grid of pipeline settings (reduction on/off, HDBSCAN's
-    /// sizes and selection, assignment method and threshold): how the
-    /// defaults were chosen.
+    /// Also run a grid of pipeline settings (HDBSCAN's sizes and selection
+    /// on the layout, without assignment; each assignment method at several
+    /// thresholds on the defaults): how the defaults were chosen.
     #[arg(long)]
     sweep: bool,
     /// Layout epochs of every pulse setting that reduces (default: the
@@ -124,40 +124,40 @@ fn settings(sweep: bool) -> Vec<Setting> {
     if !sweep {
         return out;
     }
-    for mcs in [5, 10, 15] {
-        for min_samples in [None, Some(5)] {
+    for mcs in [5, 7, 10, 15] {
+        for min_samples in [3, 5] {
             for selection in [Selection::ExcessOfMass, Selection::Leaf] {
-                let hdbscan = Params {
-                    min_cluster_size: mcs,
-                    min_samples,
-                    selection,
-                    ..defaults.hdbscan.clone()
-                };
-                let name = format!(
-                    "mcs {mcs}, ms {}, {selection}",
-                    min_samples.map_or("=mcs".into(), |m| m.to_string())
-                );
                 out.push(Setting {
-                    name: format!("reduced, {name}, no assignment"),
+                    name: format!(
+                        "reduced, mcs {mcs}, ms {min_samples}, {selection}, no assignment"
+                    ),
                     params: PipelineParams {
-                        hdbscan: hdbscan.clone(),
+                        hdbscan: Params {
+                            min_cluster_size: mcs,
+                            min_samples: Some(min_samples),
+                            selection,
+                            ..defaults.hdbscan.clone()
+                        },
                         assignment: None,
                         ..defaults.clone()
                     },
                 });
-                for by in [AssignBy::Centroid, AssignBy::Neighbours] {
-                    for threshold in [0.2, 0.35, 0.5] {
-                        out.push(Setting {
-                            name: format!("reduced, {name}, {by} ≥ {threshold}"),
-                            params: PipelineParams {
-                                hdbscan: hdbscan.clone(),
-                                assignment: Some(AssignmentParams { by, threshold }),
-                                ..defaults.clone()
-                            },
-                        });
-                    }
-                }
             }
+        }
+    }
+    let thresholds: [(AssignBy, &[f32]); 2] = [
+        (AssignBy::Centroid, &[0.2, 0.5, 0.55, 0.6, 0.65]),
+        (AssignBy::Neighbours, &[0.2, 0.35, 0.5, 0.65]),
+    ];
+    for (by, levels) in thresholds {
+        for &threshold in levels {
+            out.push(Setting {
+                name: format!("defaults, {by} ≥ {threshold}"),
+                params: PipelineParams {
+                    assignment: Some(AssignmentParams { by, threshold }),
+                    ..defaults.clone()
+                },
+            });
         }
     }
     out

@@ -372,16 +372,17 @@ pub fn knn(points: Rows<'_>, k: usize) -> Neighbours {
                     let hit = ds
                         .iter()
                         .zip(cw.iter())
-                        .fold(false, |hit, (&d, &w)| hit | (d < row_worst) | (d < w));
+                        .fold(false, |hit, (&d, &w)| hit | (d <= row_worst) | (d <= w));
                     if !hit {
                         continue;
                     }
                     for (offset, (&d, w)) in ds.iter().zip(cw.iter_mut()).enumerate() {
                         let col = cols.start + first + chunk * SCREEN_LANES + offset;
-                        if d < row_worst {
+                        // A tie with the k-th may still win on its index.
+                        if d <= row_worst {
                             row_worst = offer(row, col, d);
                         }
-                        if d < *w {
+                        if d <= *w {
                             *w = offer(col, row, d);
                         }
                     }
@@ -434,8 +435,13 @@ impl NearestList {
         self.squared[self.squared.len() - 1]
     }
 
+    /// Ties go to the lower index, so a list does not depend on the order
+    /// of its offers: `knn`'s tiles offer from both threads in whatever
+    /// order they run, and duplicate texts tie.
     fn offer(&mut self, index: u32, d: f32) -> bool {
-        if d >= self.worst() {
+        let last = self.squared.len() - 1;
+        let worst = self.squared[last];
+        if d > worst || (d == worst && index >= self.indices[last]) {
             return false;
         }
         insert_sorted(&mut self.indices, &mut self.squared, index, d);
@@ -445,7 +451,7 @@ impl NearestList {
 
 fn insert_sorted(indices: &mut [u32], dists: &mut [f32], index: u32, d: f32) {
     let mut at = dists.len() - 1;
-    while at > 0 && dists[at - 1] > d {
+    while at > 0 && (dists[at - 1] > d || (dists[at - 1] == d && indices[at - 1] > index)) {
         dists[at] = dists[at - 1];
         indices[at] = indices[at - 1];
         at -= 1;
@@ -1044,6 +1050,38 @@ mod tests {
         assert_eq!(found.of(0).0, &[1, 2]);
         assert_eq!(found.of(0).1, &[0.0, 5.0]);
         assert!(knn(Rows::new(&data[..2], 2).unwrap(), 3).is_empty());
+    }
+
+    #[test]
+    fn knn_breaks_ties_by_index_whatever_the_threads_do() {
+        // 40 distinct points, each repeated 25 times and spread over the
+        // tiles: every list is full of ties.
+        let (distinct, dim) = (40, 8);
+        let base = lcg_points(distinct, dim, 21);
+        let data: Vec<f32> = (0..distinct * 25)
+            .flat_map(|i| base[(i * 7 % distinct) * dim..][..dim].to_vec())
+            .collect();
+        let points = Rows::new(&data, dim).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let first = pool.install(|| knn(points, 30));
+        for i in 0..first.len() {
+            let (idx, dist) = first.of(i);
+            for r in 1..idx.len() {
+                assert!(
+                    (dist[r - 1], idx[r - 1]) < (dist[r], idx[r]),
+                    "point {i}: {idx:?} {dist:?}"
+                );
+            }
+        }
+        for _ in 0..5 {
+            let again = pool.install(|| knn(points, 30));
+            for i in 0..first.len() {
+                assert_eq!(again.of(i), first.of(i), "point {i}");
+            }
+        }
     }
 
     fn brute_edge(points: &Rows<'_>, core: &[f32], a: usize, b: usize) -> f64 {

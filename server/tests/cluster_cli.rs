@@ -114,7 +114,7 @@ fn the_default_pipeline_reduces_assigns_and_repeats_itself() {
     assert_eq!(result["params"]["metric"], "cosine");
     assert_eq!(result["params"]["reduce"], true);
     assert_eq!(result["params"]["reduce_dimensions"], 5);
-    assert_eq!(result["params"]["assign"], "centroid");
+    assert_eq!(result["params"]["assign"], "neighbours");
     assert!(result["timings"]["reduction_seconds"].as_f64().unwrap() > 0.0);
     // Against the Python package's clusters, over the points it clustered
     // (the pipeline assigns much of its noise).

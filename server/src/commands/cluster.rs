@@ -56,7 +56,7 @@ enum InputFormat {
 /// measured on short texts.
 #[derive(Args)]
 pub struct ClusterFlags {
-    /// Default 10.
+    /// Default 5.
     #[arg(long)]
     pub min_cluster_size: Option<u32>,
     #[command(flatten)]
@@ -78,10 +78,12 @@ pub struct ClusterFlags {
     /// thread count give the same labels.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where noise may join a trend: centroid (default), neighbours or off.
+    /// Where noise may join a trend: neighbours (default), centroid or off.
     #[arg(long)]
     pub assign: Option<String>,
-    /// The score noise needs to join a trend, 0–1 (default 0.2).
+    /// The score noise needs to join a trend, 0–1: the neighbours'
+    /// cosine-weighted share (default 0.5) or the centroid's cosine
+    /// (default 0.6).
     #[arg(long)]
     pub assign_threshold: Option<f32>,
     /// Trends whose centroids have at least this cosine, and share a leading
@@ -126,7 +128,7 @@ impl ClusterFlags {
 #[derive(Args)]
 pub struct HdbscanFlags {
     /// Neighbours that make a point core, not counting the point itself (the
-    /// Python `hdbscan` package's convention). Default 5.
+    /// Python `hdbscan` package's convention). Default 3.
     #[arg(long)]
     pub min_samples: Option<usize>,
     #[arg(long, default_value = "eom", value_parser = parse_selection)]

@@ -561,7 +561,7 @@ mod tests {
         let (params, requested) = params_of(None).unwrap();
         assert_eq!(params, PipelineParams::default());
         assert_eq!(requested.selection, "eom");
-        assert!(requested.reduce && requested.assign == "centroid");
+        assert!(requested.reduce && requested.assign == "neighbours");
         let message = params_message(&requested);
         assert_eq!(message.reduce, Some(true));
         assert_eq!(

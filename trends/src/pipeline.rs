@@ -423,7 +423,10 @@ fn assign(
                 None => nearest.get(i).copied().flatten(),
                 Some(lists) => {
                     let (indices, distances) = lists.of(i);
-                    let mut votes = vec![0.0f32; clusters];
+                    // Only the neighbours' trends can win: a vote per trend
+                    // of the window, zeroed for every noise signal, cost
+                    // 150,000 × 13,655 writes on a 1,000,000-signal window.
+                    let mut votes: Vec<(usize, f32)> = Vec::with_capacity(indices.len());
                     let mut total = 0.0f32;
                     for (&j, &d) in indices.iter().zip(distances) {
                         let similarity = match distance {
@@ -435,14 +438,17 @@ fn assign(
                         .max(0.0);
                         total += similarity;
                         if let Ok(l) = usize::try_from(labels[j as usize]) {
-                            votes[l] += similarity;
+                            match votes.iter_mut().find(|(trend, _)| *trend == l) {
+                                Some((_, v)) => *v += similarity,
+                                None => votes.push((l, similarity)),
+                            }
                         }
                     }
+                    // Equal shares go to the higher trend number.
                     votes
-                        .iter()
-                        .enumerate()
-                        .map(|(c, &v)| (c, if total > 0.0 { v / total } else { 0.0 }))
-                        .max_by(|a, b| a.1.total_cmp(&b.1))
+                        .into_iter()
+                        .map(|(c, v)| (c, if total > 0.0 { v / total } else { 0.0 }))
+                        .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
                 }
             };
             best.filter(|&(_, score)| score >= params.threshold && score > 0.0)

@@ -412,32 +412,7 @@ mod tests {
             tree.join_components(&core, &mut sets, &mut edges);
             assert_eq!(edges.len(), n - 1);
             let got: f64 = edges.iter().map(|e| e.weight).sum();
-            // Dense Prim over the mutual-reachability graph.
-            let weight = |i: usize, j: usize| {
-                distance::exact_distance(points.row(i), points.row(j))
-                    .max(core[i])
-                    .max(core[j])
-            };
-            let mut in_tree = vec![false; n];
-            let mut link = vec![f64::INFINITY; n];
-            let mut expected = 0.0;
-            let mut current = 0;
-            in_tree[0] = true;
-            for _ in 1..n {
-                let mut next = None;
-                for j in 0..n {
-                    if !in_tree[j] {
-                        link[j] = link[j].min(weight(current, j));
-                        if next.is_none_or(|m: usize| link[j] < link[m]) {
-                            next = Some(j);
-                        }
-                    }
-                }
-                let j = next.unwrap();
-                expected += link[j];
-                in_tree[j] = true;
-                current = j;
-            }
+            let expected = crate::hdbscan::mst::tests::brute_force_weight(points, &core);
             assert!(
                 (got - expected).abs() < 1e-6 * expected.max(1.0),
                 "n {n}: {got} vs {expected}"

@@ -316,11 +316,11 @@ fn prim(c: usize, matrix: &[Option<Edge>]) -> Vec<Edge> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Dense Prim over all pairs: the reference spanning tree weight.
-    fn brute_force_weight(points: Rows<'_>, core: &[f64]) -> f64 {
+    pub(in crate::hdbscan) fn brute_force_weight(points: Rows<'_>, core: &[f64]) -> f64 {
         let n = points.len();
         let weight = |a: usize, b: usize| {
             distance::exact_distance(points.row(a), points.row(b))

@@ -41,6 +41,7 @@ pub(crate) mod amx;
 
 use crate::disjoint::DisjointWrites;
 use crate::vector_math;
+use aligned_vec::{AVec, ConstAlign};
 use gemm::Parallelism;
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
@@ -51,12 +52,24 @@ use std::ops::Range;
 const PANEL: usize = 16;
 /// Input rows in one register tile.
 const STRIP: usize = 6;
-/// Panels side by side in the widest register tile (AVX-512's).
-const MAX_TILE_PANELS: usize = 2;
+/// Panels side by side in pulse's AVX-512 f32 tile: 6 rows × 64 columns,
+/// 24 of the 32 registers summing.
+const F32_TILE_PANELS: usize = 4;
+/// Panels side by side in the widest register tile.
+const MAX_TILE_PANELS: usize = F32_TILE_PANELS;
 /// Inputs per block in f32 for a one-panel tile: 16 KiB of weights, which
-/// stay in L1 while every strip of the rows passes. A two-panel tile takes
-/// half as many, the same 16 KiB.
+/// stay in L1 while every strip of the rows passes.
 const F32_BLOCK: usize = 256;
+/// The AVX-512 f32 tile instead sums over up to this many inputs at once
+/// (fewer loads and stores of its 24 sums) and keeps a chunk of panels of
+/// about [`F32_CHUNK_BYTES`] in L2 while a task's strips pass: each strip
+/// then reads its rows' inputs from L1 for all of the chunk's tiles.
+const F32_WIDE_BLOCK: usize = 512;
+const F32_CHUNK_BYTES: usize = 384 * 1024;
+/// Rows per task for the AVX-512 f32 tile: four times [`ROW_BLOCK`], so a
+/// matrix's weights come up from L3 a quarter as often (about 10 % faster
+/// on 4,096 rows on an Ice Lake Xeon, whose L2 holds a chunk either way).
+const F32_WIDE_TASK_ROWS: usize = 48 * STRIP;
 /// Input pairs per block in bf16, likewise: 16 KiB for one panel, halved
 /// for two.
 const BF16_BLOCK_PAIRS: usize = 128;
@@ -65,6 +78,9 @@ const BF16_BLOCK_PAIRS: usize = 128;
 /// f32 was 0.99878 with groups of 128 and 0.99917 with 64. Each group's sum
 /// is scaled into the output on its own: |sum| ≤ 32 · 2 · 32767 · 127 < 2³¹.
 const GROUP_PAIRS: usize = 32;
+/// Panels side by side in an AMX block: two sum tiles of 16 columns.
+#[cfg(target_arch = "x86_64")]
+const AMX_TILE_PANELS: usize = 2;
 /// Input pairs in one AMX bf16 step (a 64-byte tile row of activations);
 /// bf16 panels store whole steps.
 const AMX_STEP_PAIRS: usize = 16;
@@ -102,6 +118,15 @@ impl WeightPrecision {
     }
 }
 
+/// Packed weights start on a cache line, so that a panel's step (16 f32,
+/// a bf16 pair's 16 columns) is one line: unaligned, every 64-byte load
+/// straddled two and the f32 tile ran 10–30 % slower on an Ice Lake Xeon.
+type Lines<T> = AVec<T, ConstAlign<64>>;
+
+fn zeroed_lines<T: Copy>(len: usize, zero: T) -> Lines<T> {
+    AVec::from_iter(64, std::iter::repeat_n(zero, len))
+}
+
 /// A weight matrix `W` (`outputs × inputs`) packed for [`PackedMatrix::multiply_accumulate`].
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
@@ -113,7 +138,7 @@ pub struct PackedMatrix {
 #[derive(Debug, Clone)]
 enum Values {
     /// Panel-major; within a panel, input-major: `[panel][input][column]`.
-    F32(Vec<f32>),
+    F32(Lines<f32>),
     /// Wᵀ (`inputs × outputs`, row-major) for the gemm crate, on CPUs with
     /// AVX-512: its 512-bit kernels do twice the AVX2 tile's work per
     /// instruction. In this layout gemm reads it as it lies instead of
@@ -121,16 +146,16 @@ enum Values {
     F32Transposed(Vec<f32>),
     /// `[panel][input pair][column][2]`, as int8 below: `vdpbf16ps` takes
     /// the two inputs of a pair side by side.
-    Bf16(Vec<bf16>),
+    Bf16(Lines<bf16>),
     /// `[panel][input pair][column][2]`: the two inputs of a pair side by
     /// side, as `vpmaddwd` multiplies them. An odd last input pairs with 0.
     /// `scales` is `[panel][group][column]`: one per column and group of
     /// `2 · GROUP_PAIRS` inputs, zero in the padding of the last panel.
-    Int8 { values: Vec<i8>, scales: Vec<f32> },
+    Int8 { values: Lines<i8>, scales: Vec<f32> },
     /// As `Int8`, for AMX's `tdpbssd`: `[panel][input quad][column][4]`,
     /// the inputs padded with zeros to whole groups.
     #[cfg(target_arch = "x86_64")]
-    Int8Quads { values: Vec<i8>, scales: Vec<f32> },
+    Int8Quads { values: Lines<i8>, scales: Vec<f32> },
 }
 
 impl PackedMatrix {
@@ -188,7 +213,7 @@ impl PackedMatrix {
                 Values::F32Transposed(transposed)
             }
             WeightPrecision::F32 => {
-                let mut packed = vec![0.0; panels * inputs * PANEL];
+                let mut packed = zeroed_lines(panels * inputs * PANEL, 0.0);
                 for (o, row) in weight.chunks_exact(inputs).enumerate() {
                     let panel = &mut packed[(o / PANEL) * inputs * PANEL..];
                     for (i, w) in row.iter().enumerate() {
@@ -199,7 +224,7 @@ impl PackedMatrix {
             }
             WeightPrecision::Bf16 => {
                 let panel_size = bf16_pairs(inputs) * 2 * PANEL;
-                let mut packed = vec![bf16::ZERO; panels * panel_size];
+                let mut packed = zeroed_lines(panels * panel_size, bf16::ZERO);
                 for (o, row) in weight.chunks_exact(inputs).enumerate() {
                     let panel = &mut packed[(o / PANEL) * panel_size..];
                     for (i, w) in row.iter().enumerate() {
@@ -299,14 +324,12 @@ impl PackedMatrix {
             Values::F32(packed) => {
                 let k = self.inputs;
                 let panel_stride = k * PANEL;
-                let block = F32_BLOCK / kernel.tile_panels();
                 self.for_each_tile(
-                    kernel,
+                    kernel.f32_blocking(k),
                     rows,
                     out,
                     around,
                     k,
-                    block,
                     |steps, panel, strip, c, ldc| {
                         let weights = &packed[panel * panel_stride + steps.start * PANEL..];
                         let a = &input[strip.start * k + steps.start..];
@@ -430,15 +453,14 @@ impl PackedMatrix {
                 let pairs = self.inputs.div_ceil(2);
                 let lda = 2 * bf16_pairs(self.inputs);
                 let panel_stride = lda * PANEL;
-                let block = BF16_BLOCK_PAIRS / kernel.tile_panels();
+                let tile_panels = kernel.tile_panels(WeightPrecision::Bf16);
                 let activations = bf16_rows(kernel, input, self.inputs, Spread::Threads);
                 self.for_each_tile(
-                    kernel,
+                    Blocking::one_tile(tile_panels, BF16_BLOCK_PAIRS / tile_panels),
                     rows,
                     out,
                     around,
                     pairs,
-                    block,
                     |steps, panel, strip, c, ldc| {
                         let weights = &packed[panel * panel_stride + steps.start * 2 * PANEL..];
                         let a = &activations[strip.start * lda + 2 * steps.start..];
@@ -467,14 +489,12 @@ impl PackedMatrix {
                 };
                 let (quantised, row_scales) =
                     quantise_rows(input, self.inputs, 2 * pairs, Spread::Threads);
-                let block = INT8_BLOCK_PAIRS;
                 self.for_each_tile(
-                    kernel,
+                    Blocking::one_tile(kernel.tile_panels(WeightPrecision::Int8), INT8_BLOCK_PAIRS),
                     rows,
                     out,
                     around,
                     pairs,
-                    block,
                     |steps, panel, strip, c, ldc| {
                         let weights = &values[panel * strides.weights + steps.start * 2 * PANEL..];
                         let first_group = panel * groups + steps.start / GROUP_PAIRS;
@@ -500,30 +520,34 @@ impl PackedMatrix {
     }
 
     /// Runs `tile(steps, panel, strip, c, ldc)` on every register tile of
-    /// the output (a strip of rows × the micro-kernel's panels from
+    /// the output (a strip of rows × `blocking.tile_panels` panels from
     /// `panel`, `c` its first value and `ldc` its row stride) for each
-    /// block of `block` input steps out of `steps`, in the order that keeps
-    /// a block's weights in L1 while the strips of a task's rows pass.
+    /// block of `blocking.steps` input steps out of `steps`, in the order
+    /// that keeps a block's chunk of panels in cache while the strips of a
+    /// task's rows pass, each strip running across the whole chunk.
     /// `around` starts each task's rows before and finishes them after, while
     /// they are in the task's cache.
-    #[allow(clippy::too_many_arguments)]
     fn for_each_tile(
         &self,
-        kernel: Kernel,
+        blocking: Blocking,
         rows: usize,
         out: &mut [f32],
         around: &impl OutputRows,
         steps: usize,
-        block: usize,
         tile: impl Fn(Range<usize>, usize, Range<usize>, *mut f32, usize) + Sync,
     ) {
-        self.for_each_task(kernel, rows, out, around, 1, |rows, panels, out| {
-            for steps in blocks(steps, block) {
-                for panel in panels.clone().step_by(kernel.tile_panels()) {
+        let tile_panels = blocking.tile_panels;
+        let task = (blocking.task_rows, 1);
+        self.for_each_task(tile_panels, rows, out, around, task, |rows, panels, out| {
+            for steps in blocks(steps, blocking.steps) {
+                for chunk in blocks(panels.len(), blocking.chunk_panels) {
+                    let chunk = panels.start + chunk.start..panels.start + chunk.end;
                     for_each_strip(rows.clone(), |strip| {
-                        out.tile(kernel, strip.clone(), panel, self.outputs, |c, ldc| {
-                            tile(steps.clone(), panel, strip, c, ldc)
-                        });
+                        for panel in chunk.clone().step_by(tile_panels) {
+                            out.tile(tile_panels, strip.clone(), panel, self.outputs, |c, ldc| {
+                                tile(steps.clone(), panel, strip.clone(), c, ldc)
+                            });
+                        }
                     });
                 }
             }
@@ -558,7 +582,6 @@ impl PackedMatrix {
         let shared = threads_for(rows * self.outputs * self.inputs)
             .is_some_and(|threads| rows.div_ceil(ROW_BLOCK) < 3 * threads);
         let whole = shared.then(|| convert(0..rows, Spread::Threads));
-        let kernel = Kernel::Amx;
         let panel_columns = |panel: usize, panels: &Range<usize>| {
             let first = panel * PANEL;
             if panel < panels.end && first < self.outputs {
@@ -568,11 +591,11 @@ impl PackedMatrix {
             }
         };
         self.for_each_task(
-            kernel,
+            AMX_TILE_PANELS,
             rows,
             out,
             around,
-            block_rows,
+            (ROW_BLOCK, block_rows),
             |rows, panels, out| {
                 let own;
                 let (converted, first_row) = match &whole {
@@ -582,7 +605,7 @@ impl PackedMatrix {
                         (&own, rows.start)
                     }
                 };
-                for panel in panels.clone().step_by(kernel.tile_panels()) {
+                for panel in panels.clone().step_by(AMX_TILE_PANELS) {
                     let widths = [
                         panel_columns(panel, &panels),
                         panel_columns(panel + 1, &panels),
@@ -601,15 +624,16 @@ impl PackedMatrix {
     /// Splits the output into (row block × panel range) tasks, on rayon's
     /// threads when the multiply is big enough to pay for them, and runs
     /// `task(rows, panels, out)` on each between `around`'s start and
-    /// finish of its rows. Row blocks start on multiples of `row_unit`
-    /// (AMX's tiles of rows).
+    /// finish of its rows. Panel ranges start on multiples of
+    /// `tile_panels`; row blocks hold up to about `task_rows` rows and start
+    /// on multiples of `row_unit` (AMX's tiles of rows).
     fn for_each_task(
         &self,
-        kernel: Kernel,
+        tile_panels: usize,
         rows: usize,
         out: &mut [f32],
         around: &impl OutputRows,
-        row_unit: usize,
+        (task_rows, row_unit): (usize, usize),
         task: impl Fn(Range<usize>, Range<usize>, &OutputTiles) + Sync,
     ) {
         let panels = self.outputs.div_ceil(PANEL);
@@ -618,7 +642,7 @@ impl PackedMatrix {
         // Where there are blocks enough, as many on every thread, the rows
         // shared out evenly: 57 blocks of up to 72 rows on 2 threads would
         // leave one thread a whole block's work alone at the end.
-        let row_blocks = match (units.div_ceil(ROW_BLOCK.div_ceil(row_unit)), threads) {
+        let row_blocks = match (units.div_ceil(task_rows.div_ceil(row_unit)), threads) {
             (blocks, Some(threads)) if blocks >= threads => blocks.next_multiple_of(threads),
             (blocks, _) => blocks,
         };
@@ -631,9 +655,7 @@ impl PackedMatrix {
             None => 1,
         };
         // Whole tiles: a chunk starts on a tile's first panel.
-        let panels_per_chunk = panels
-            .div_ceil(panel_chunks)
-            .next_multiple_of(kernel.tile_panels());
+        let panels_per_chunk = panels.div_ceil(panel_chunks).next_multiple_of(tile_panels);
         let tiles = OutputTiles {
             out: DisjointWrites::new(out),
             rows,
@@ -830,10 +852,10 @@ fn quantise_weights(
     inputs: usize,
     panels: usize,
     slot: impl Fn(usize, usize) -> usize,
-) -> (Vec<i8>, Vec<f32>) {
+) -> (Lines<i8>, Vec<f32>) {
     let group_inputs = 2 * GROUP_PAIRS;
     let groups = inputs.div_ceil(group_inputs);
-    let mut packed = vec![0; slot(panels * PANEL, 0)];
+    let mut packed = zeroed_lines(slot(panels * PANEL, 0), 0);
     let mut scales = vec![0.0; panels * groups * PANEL];
     for (o, row) in weight.chunks_exact(inputs).enumerate() {
         let (panel, column) = (o / PANEL, o % PANEL);
@@ -859,10 +881,10 @@ fn quantise_weights(
     (packed, scales)
 }
 
-/// Panels stored for `outputs` columns: whole, and an even count, so a
-/// two-panel tile never reads past the weights (the padding is zeros).
+/// Panels stored for `outputs` columns: whole, and whole widest tiles, so
+/// no tile reads past the weights (the padding is zeros).
 fn stored_panels(outputs: usize) -> usize {
-    outputs.div_ceil(PANEL).next_multiple_of(2)
+    outputs.div_ceil(PANEL).next_multiple_of(MAX_TILE_PANELS)
 }
 
 /// The current pool's thread count, when a multiply of `work` multiply-adds
@@ -980,7 +1002,7 @@ fn bf16_rows(kernel: Kernel, input: &[f32], inputs: usize, spread: Spread) -> Ve
             |row, rounded| match kernel {
                 // SAFETY: AVX-512 BF16 was detected.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 | Kernel::Amx => unsafe {
+                Kernel::Avx512 | Kernel::Amx if kernel.has_bf16() => unsafe {
                     avx512::round_to_bf16(row, &mut rounded[..row.len()])
                 },
                 // half's scalar loop: small beside the portable tile's multiply.
@@ -1054,13 +1076,13 @@ impl OutputTiles {
         }
     }
 
-    /// Runs `run(c, ldc)` on the output tile of `strip` × `kernel`'s panels
-    /// from `panel`: in place when they are whole, through a full-width copy
+    /// Runs `run(c, ldc)` on the output tile of `strip` × `tile_panels`
+    /// panels from `panel`: in place when they are whole, through a full-width copy
     /// at the last, partial one (the micro-kernels always write whole
     /// panels).
     fn tile(
         &self,
-        kernel: Kernel,
+        tile_panels: usize,
         strip: Range<usize>,
         panel: usize,
         outputs: usize,
@@ -1068,7 +1090,7 @@ impl OutputTiles {
     ) {
         debug_assert!(strip.end <= self.rows);
         let first = panel * PANEL;
-        let width = kernel.tile_panels() * PANEL;
+        let width = tile_panels * PANEL;
         let columns = (outputs - first).min(width);
         let at = self.out.at(strip.start * outputs + first);
         if columns == width {
@@ -1101,6 +1123,32 @@ impl OutputTiles {
     }
 }
 
+/// How [`PackedMatrix::for_each_tile`] walks the output: tasks of up to
+/// about `task_rows` rows, register tiles of `tile_panels` panels, sums
+/// over blocks of `steps` input steps, and chunks of `chunk_panels` panels
+/// (whole tiles) whose weights stay in cache while every strip of a task's
+/// rows runs across them.
+#[derive(Clone, Copy, Debug)]
+struct Blocking {
+    tile_panels: usize,
+    steps: usize,
+    chunk_panels: usize,
+    task_rows: usize,
+}
+
+impl Blocking {
+    /// One tile's panels a chunk: the block's weights (sized for L1) stay
+    /// there while the strips pass.
+    fn one_tile(tile_panels: usize, steps: usize) -> Self {
+        Blocking {
+            tile_panels,
+            steps,
+            chunk_panels: tile_panels,
+            task_rows: ROW_BLOCK,
+        }
+    }
+}
+
 /// How f32 weights are laid out: for pulse's tile, or for the gemm crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum F32Layout {
@@ -1125,8 +1173,7 @@ impl F32Layout {
 /// rest of pulse's AVX-512 kernels); elsewhere they run on a slow portable
 /// tile, fit for tests only.
 pub fn bf16_runs_fast() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    Kernel::detect().has_avx512_tiles()
+    Kernel::detect().has_bf16()
 }
 
 /// Whether this CPU runs AMX tiles (with the AVX-512 around them).
@@ -1140,6 +1187,8 @@ pub fn kernel_path(precision: WeightPrecision) -> &'static str {
     match (Kernel::detect(), precision) {
         #[cfg(target_arch = "x86_64")]
         (Kernel::Amx, WeightPrecision::Bf16 | WeightPrecision::Int8) => "AMX",
+        #[cfg(target_arch = "x86_64")]
+        (kernel @ Kernel::Avx512, WeightPrecision::Bf16) if !kernel.has_bf16() => "portable",
         #[cfg(target_arch = "x86_64")]
         (Kernel::Amx | Kernel::Avx512, _) => "AVX-512",
         #[cfg(target_arch = "x86_64")]
@@ -1161,7 +1210,9 @@ pub fn micro_kernels() -> &'static str {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => "AVX2 and FMA",
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => "AVX-512 with VNNI and BF16",
+        Kernel::Avx512 if Kernel::Avx512.has_bf16() => "AVX-512 with VNNI and BF16",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => "AVX-512 with VNNI",
         #[cfg(target_arch = "x86_64")]
         Kernel::Amx => "AMX (BF16, INT8) beside AVX-512 with VNNI and BF16",
     }
@@ -1189,8 +1240,9 @@ enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512 with BW, VNNI and BF16 (Zen 4 and later, Sapphire Rapids
-    /// and later): tiles two panels wide.
+    /// AVX-512 with BW and VNNI (Cascade Lake, Ice Lake, Zen 4 and later):
+    /// tiles two panels wide; bf16 on them where AVX-512 BF16 is there too
+    /// (Zen 4, Sapphire Rapids and later), on the portable tile elsewhere.
     #[cfg(target_arch = "x86_64")]
     Avx512,
     /// `Avx512`, with bf16 and int8 on AMX tiles (Sapphire Rapids and
@@ -1204,8 +1256,8 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("avx512bf16") {
-                return if amx::granted() {
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                return if has!("avx512bf16") && amx::granted() {
                     Kernel::Amx
                 } else {
                     Kernel::Avx512
@@ -1228,9 +1280,46 @@ impl Kernel {
         false
     }
 
-    /// Panels side by side in one register tile.
-    fn tile_panels(self) -> usize {
-        if self.has_avx512_tiles() { 2 } else { 1 }
+    /// How the f32 multiply walks a matrix of `inputs` inputs (see
+    /// [`PackedMatrix::for_each_tile`]).
+    fn f32_blocking(self, inputs: usize) -> Blocking {
+        let tile_panels = self.tile_panels(WeightPrecision::F32);
+        if tile_panels < F32_TILE_PANELS {
+            return Blocking::one_tile(tile_panels, F32_BLOCK);
+        }
+        // As many inputs as F32_WIDE_BLOCK allows, in blocks of one size.
+        let steps = inputs
+            .div_ceil(inputs.div_ceil(F32_WIDE_BLOCK).max(1))
+            .max(1);
+        let chunk = F32_CHUNK_BYTES / (steps * PANEL * size_of::<f32>());
+        Blocking {
+            tile_panels,
+            steps,
+            chunk_panels: (chunk / tile_panels).max(1) * tile_panels,
+            task_rows: F32_WIDE_TASK_ROWS,
+        }
+    }
+
+    /// Panels side by side in one register tile of `precision`.
+    fn tile_panels(self, precision: WeightPrecision) -> usize {
+        match precision {
+            WeightPrecision::Bf16 if !self.has_bf16() => 1,
+            WeightPrecision::F32 if self.has_avx512_tiles() => F32_TILE_PANELS,
+            _ if self.has_avx512_tiles() => 2,
+            _ => 1,
+        }
+    }
+
+    /// Whether the bf16 micro-kernels run on `vdpbf16ps` (AVX-512 BF16,
+    /// which every AMX CPU has) rather than on the portable tile.
+    fn has_bf16(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            Kernel::Amx => return true,
+            Kernel::Avx512 => return std::arch::is_x86_feature_detected!("avx512bf16"),
+            _ => {}
+        }
+        false
     }
 
     /// Whether int8 weights are packed in quads for AMX.
@@ -1261,7 +1350,9 @@ impl Kernel {
         ldc: usize,
     ) {
         debug_assert!(a.len() >= (rows - 1) * lda + steps);
-        debug_assert!(b.len() >= (self.tile_panels() - 1) * panel_stride + steps * PANEL);
+        debug_assert!(
+            b.len() >= (self.tile_panels(WeightPrecision::F32) - 1) * panel_stride + steps * PANEL
+        );
         #[cfg(target_arch = "x86_64")]
         let (a_at, b_at) = (a.as_ptr(), b.as_ptr());
         match self {
@@ -1301,11 +1392,14 @@ impl Kernel {
         ldc: usize,
     ) {
         debug_assert!(a.len() >= (rows - 1) * lda + 2 * pairs);
-        debug_assert!(b.len() >= (self.tile_panels() - 1) * panel_stride + pairs * 2 * PANEL);
+        debug_assert!(
+            b.len()
+                >= (self.tile_panels(WeightPrecision::Bf16) - 1) * panel_stride + pairs * 2 * PANEL
+        );
         match self {
             #[cfg(target_arch = "x86_64")]
             // AMX runs its tiles elsewhere; these are its vector kernels.
-            Kernel::Avx512 | Kernel::Amx => unsafe {
+            Kernel::Avx512 | Kernel::Amx if self.has_bf16() => unsafe {
                 let (a, b) = (a.as_ptr().cast::<u16>(), b.as_ptr().cast::<u16>());
                 with_rows!(
                     rows,
@@ -1336,12 +1430,13 @@ impl Kernel {
         ldc: usize,
     ) {
         let rows = row_scales.len();
-        let last_panel = (self.tile_panels() - 1) * strides.weights;
+        let panels = self.tile_panels(WeightPrecision::Int8);
+        let last_panel = (panels - 1) * strides.weights;
         debug_assert!(a.len() >= (rows - 1) * lda + 2 * pairs);
         debug_assert!(b.len() >= last_panel + pairs * 2 * PANEL);
         debug_assert!(
             column_scales.len()
-                >= (self.tile_panels() - 1) * strides.scales + pairs.div_ceil(GROUP_PAIRS) * PANEL
+                >= (panels - 1) * strides.scales + pairs.div_ceil(GROUP_PAIRS) * PANEL
         );
         #[cfg(target_arch = "x86_64")]
         let (a_at, b_at, s, cs) = (
@@ -1577,35 +1672,40 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{GROUP_PAIRS, PANEL, PREFETCH_STEPS, PanelStrides};
+    use super::{F32_TILE_PANELS, GROUP_PAIRS, PANEL, PREFETCH_STEPS, PanelStrides};
     use half::bf16;
     use half::slice::HalfFloatSliceExt;
     use std::arch::x86_64::*;
 
-    /// The tile's rows of two panels' output: loaded, or stored back.
+    /// The tile's rows of `P` panels' output: loaded, or stored back.
     #[target_feature(enable = "avx512f")]
-    unsafe fn load<const ROWS: usize>(c: *const f32, ldc: usize) -> [[__m512; 2]; ROWS] {
-        // SAFETY: the caller's promise: `c` holds ROWS rows of 2·PANEL.
-        std::array::from_fn(|r| unsafe {
-            [
-                _mm512_loadu_ps(c.add(r * ldc)),
-                _mm512_loadu_ps(c.add(r * ldc + PANEL)),
-            ]
+    unsafe fn load<const ROWS: usize, const P: usize>(
+        c: *const f32,
+        ldc: usize,
+    ) -> [[__m512; P]; ROWS] {
+        // SAFETY: the caller's promise: `c` holds ROWS rows of P·PANEL.
+        std::array::from_fn(|r| {
+            std::array::from_fn(|q| unsafe { _mm512_loadu_ps(c.add(r * ldc + q * PANEL)) })
         })
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn store<const ROWS: usize>(sums: &[[__m512; 2]; ROWS], c: *mut f32, ldc: usize) {
+    unsafe fn store<const ROWS: usize, const P: usize>(
+        sums: &[[__m512; P]; ROWS],
+        c: *mut f32,
+        ldc: usize,
+    ) {
         for (r, sum) in sums.iter().enumerate() {
-            // SAFETY: as for `load`.
-            unsafe {
-                _mm512_storeu_ps(c.add(r * ldc), sum[0]);
-                _mm512_storeu_ps(c.add(r * ldc + PANEL), sum[1]);
+            for (q, sum) in sum.iter().enumerate() {
+                // SAFETY: as for `load`.
+                unsafe { _mm512_storeu_ps(c.add(r * ldc + q * PANEL), *sum) };
             }
         }
     }
 
-    /// See `Kernel::f32_tile`, with `ROWS` rows and two panels.
+    /// See `Kernel::f32_tile`, with `ROWS` rows and [`F32_TILE_PANELS`]
+    /// panels: 24 sums, each weight load serving 6 rows and each broadcast
+    /// 4 panels.
     ///
     /// # Safety
     /// AVX-512F present; pointers as `Kernel::f32_tile` promises.
@@ -1621,17 +1721,19 @@ mod avx512 {
     ) {
         // SAFETY: the caller's promise on every pointer below.
         unsafe {
-            let next = b.add(panel_stride);
-            let mut sums = load::<ROWS>(c, ldc);
+            let mut sums = load::<ROWS, F32_TILE_PANELS>(c, ldc);
             for s in 0..steps {
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((s + PREFETCH_STEPS) * PANEL).cast());
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((s + PREFETCH_STEPS) * PANEL).cast());
-                let w0 = _mm512_loadu_ps(b.add(s * PANEL));
-                let w1 = _mm512_loadu_ps(next.add(s * PANEL));
+                let weights: [__m512; F32_TILE_PANELS] = std::array::from_fn(|q| {
+                    let panel = b.add(q * panel_stride);
+                    let ahead = panel.wrapping_add((s + PREFETCH_STEPS) * PANEL);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    _mm512_loadu_ps(panel.add(s * PANEL))
+                });
                 for (r, sum) in sums.iter_mut().enumerate() {
                     let x = _mm512_set1_ps(*a.add(r * lda + s));
-                    sum[0] = _mm512_fmadd_ps(x, w0, sum[0]);
-                    sum[1] = _mm512_fmadd_ps(x, w1, sum[1]);
+                    for (sum, w) in sum.iter_mut().zip(weights) {
+                        *sum = _mm512_fmadd_ps(x, w, *sum);
+                    }
                 }
             }
             store(&sums, c, ldc);
@@ -1682,7 +1784,7 @@ mod avx512 {
         // is 32 bfloat16 bit patterns, as loaded.
         unsafe {
             let next = b.add(panel_stride);
-            let mut sums = load::<ROWS>(c, ldc);
+            let mut sums = load::<ROWS, 2>(c, ldc);
             for p in 0..pairs {
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((p + PREFETCH_STEPS) * step).cast());
                 _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((p + PREFETCH_STEPS) * step).cast());
@@ -1819,7 +1921,7 @@ mod tests {
                 }
                 Kernel::Amx => all.extend([Kernel::Avx512, Kernel::Amx]),
                 _ => eprintln!(
-                    "skipped: the AVX-512 and AMX kernels (this CPU lacks AVX-512 BW, VNNI or BF16)"
+                    "skipped: the AVX-512 and AMX kernels (this CPU lacks AVX-512 BW or VNNI)"
                 ),
             }
         }
@@ -1831,7 +1933,9 @@ mod tests {
     /// several row blocks on one thread and on several (AMX's tasks then
     /// convert their own rows), and short batches whose panels are split
     /// (their rows converted once).
-    const SHAPES: [(usize, usize, usize); 8] = [
+    /// The last two: several of the AVX-512 f32 tile's input blocks and
+    /// panel chunks, the short one with its panels split across threads.
+    const SHAPES: [(usize, usize, usize); 10] = [
         (1, 3, 5),
         (7, 33, 17),
         (13, 300, 40),
@@ -1840,6 +1944,8 @@ mod tests {
         (150, 64, 96),
         (200, 40, 24),
         (500, 70, 40),
+        (90, 1100, 300),
+        (3, 1100, 300),
     ];
 
     /// Starts each row at a value naming its place, and finishes it by
@@ -2026,9 +2132,9 @@ mod tests {
         assert_eq!([at(2 * PANEL), at(2 * PANEL + 1)], [0.5, 0.0]);
         // Column 1 starts after column 0's pair.
         assert_eq!([at(2), at(3)], [3.0, 0.0]);
-        // Two panels are stored even for one column's worth, each of one
-        // whole AMX step of pairs.
-        assert_eq!(values.len(), 2 * AMX_STEP_PAIRS * 2 * PANEL);
+        // A widest tile's panels are stored even for one column's worth,
+        // each of one whole AMX step of pairs.
+        assert_eq!(values.len(), MAX_TILE_PANELS * AMX_STEP_PAIRS * 2 * PANEL);
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! `out += input · Wᵀ` for the dense layers of the encoder.
 //!
 //! The weights are cut into panels of [`PANEL`] output columns, each stored
-//! contiguously step by step along the inputs, so the inner loop streams
-//! panels from L1 while a strip of up to [`STRIP`] input rows is broadcast
-//! against them: a register tile of 6 rows × 16 columns (AVX2), or × 32
-//! columns from two panels side by side (AVX-512). The activations are read
-//! where they lie: no per-call packing of either side.
+//! contiguously step by step along the inputs from a cache line on, so the
+//! inner loop streams panels from cache while a strip of up to [`STRIP`]
+//! input rows is broadcast against them: a register tile of 6 rows × 16
+//! columns (AVX2), or with AVX-512 × 64 columns from four panels side by
+//! side in f32 and × 32 from two in bf16 and int8. The activations are
+//! read where they lie: no per-call packing of either side.
 //!
 //! Three precisions share that layout and driver:
 //! - **f32**: each output takes its products in input order by fused
@@ -27,7 +28,7 @@
 //! Where the CPU has AMX and Linux grants its tile state (`amx`), bf16 and
 //! int8 run on the tiles instead: the same weights and the same
 //! quantisation, 16 × 16 sums an instruction.
-//! On CPUs with AVX-512 but without the VNNI and BF16 extensions, f32
+//! On CPUs with AVX-512 but without its VNNI extension (Skylake-SP), f32
 //! weights are instead stored transposed for the `gemm` crate, whose
 //! 512-bit kernels outrun the AVX2 tile.
 //!
@@ -67,8 +68,9 @@ const F32_BLOCK: usize = 256;
 const F32_WIDE_BLOCK: usize = 512;
 const F32_CHUNK_BYTES: usize = 384 * 1024;
 /// Rows per task for the AVX-512 f32 tile: four times [`ROW_BLOCK`], so a
-/// matrix's weights come up from L3 a quarter as often (about 10 % faster
-/// on 4,096 rows on an Ice Lake Xeon, whose L2 holds a chunk either way).
+/// matrix's weights come up from L3 a quarter as often (on 4,096 rows on an
+/// Ice Lake Xeon, one thread, a noisy host: 0.87× gemm's speed against
+/// 0.78× with 72-row tasks).
 const F32_WIDE_TASK_ROWS: usize = 48 * STRIP;
 /// Input pairs per block in bf16, likewise: 16 KiB for one panel, halved
 /// for two.

@@ -439,9 +439,8 @@ impl NearestList {
     /// of its offers: `knn`'s tiles offer from both threads in whatever
     /// order they run, and duplicate texts tie.
     fn offer(&mut self, index: u32, d: f32) -> bool {
-        let last = self.squared.len() - 1;
-        let worst = self.squared[last];
-        if d > worst || (d == worst && index >= self.indices[last]) {
+        let last = self.indices.len() - 1;
+        if (d, index) >= (self.worst(), self.indices[last]) {
             return false;
         }
         insert_sorted(&mut self.indices, &mut self.squared, index, d);
@@ -451,7 +450,7 @@ impl NearestList {
 
 fn insert_sorted(indices: &mut [u32], dists: &mut [f32], index: u32, d: f32) {
     let mut at = dists.len() - 1;
-    while at > 0 && (dists[at - 1] > d || (dists[at - 1] == d && indices[at - 1] > index)) {
+    while at > 0 && (dists[at - 1], indices[at - 1]) > (d, index) {
         dists[at] = dists[at - 1];
         indices[at] = indices[at - 1];
         at -= 1;

@@ -297,6 +297,7 @@ impl PackedMatrix {
         out: &mut [f32],
         around: &impl OutputRows,
     ) {
+        let kernel = kernel.for_precision(self.precision());
         let rows = input.len() / self.inputs;
         debug_assert_eq!(out.len(), rows * self.outputs);
         match &self.values {
@@ -1002,9 +1003,9 @@ fn bf16_rows(kernel: Kernel, input: &[f32], inputs: usize, spread: Spread) -> Ve
             spread,
             bf16::ZERO,
             |row, rounded| match kernel {
-                // SAFETY: AVX-512 BF16 was detected.
+                // SAFETY: AVX-512 BF16 was detected (`Kernel::for_precision`).
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 | Kernel::Amx if kernel.has_bf16() => unsafe {
+                Kernel::Avx512 | Kernel::Amx => unsafe {
                     avx512::round_to_bf16(row, &mut rounded[..row.len()])
                 },
                 // half's scalar loop: small beside the portable tile's multiply.
@@ -1186,11 +1187,9 @@ pub(crate) fn amx_runs() -> bool {
 /// The instructions the dense layers of `precision` run on, on this CPU:
 /// `AMX`, `AVX-512`, `AVX-512 (gemm)`, `AVX2` or `portable`.
 pub fn kernel_path(precision: WeightPrecision) -> &'static str {
-    match (Kernel::detect(), precision) {
+    match (Kernel::detect().for_precision(precision), precision) {
         #[cfg(target_arch = "x86_64")]
         (Kernel::Amx, WeightPrecision::Bf16 | WeightPrecision::Int8) => "AMX",
-        #[cfg(target_arch = "x86_64")]
-        (kernel @ Kernel::Avx512, WeightPrecision::Bf16) if !kernel.has_bf16() => "portable",
         #[cfg(target_arch = "x86_64")]
         (Kernel::Amx | Kernel::Avx512, _) => "AVX-512",
         #[cfg(target_arch = "x86_64")]
@@ -1305,10 +1304,20 @@ impl Kernel {
     /// Panels side by side in one register tile of `precision`.
     fn tile_panels(self, precision: WeightPrecision) -> usize {
         match precision {
-            WeightPrecision::Bf16 if !self.has_bf16() => 1,
             WeightPrecision::F32 if self.has_avx512_tiles() => F32_TILE_PANELS,
             _ if self.has_avx512_tiles() => 2,
             _ => 1,
+        }
+    }
+
+    /// The kernels that run `precision` on this CPU: bf16 falls back to
+    /// the portable tile where `vdpbf16ps` is missing, so the bf16 paths
+    /// below need not ask again.
+    fn for_precision(self, precision: WeightPrecision) -> Self {
+        if precision == WeightPrecision::Bf16 && !self.has_bf16() {
+            Kernel::Portable
+        } else {
+            self
         }
     }
 
@@ -1401,7 +1410,7 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             // AMX runs its tiles elsewhere; these are its vector kernels.
-            Kernel::Avx512 | Kernel::Amx if self.has_bf16() => unsafe {
+            Kernel::Avx512 | Kernel::Amx => unsafe {
                 let (a, b) = (a.as_ptr().cast::<u16>(), b.as_ptr().cast::<u16>());
                 with_rows!(
                     rows,
@@ -2150,6 +2159,7 @@ mod tests {
             .map(|v| u32::from(v.to_bits()))
             .collect();
         for kernel in kernels() {
+            let kernel = kernel.for_precision(WeightPrecision::Bf16);
             let rounded = bf16_rows(kernel, &input, 37, Spread::No);
             assert_eq!(rounded.len(), 3 * 2 * bf16_pairs(37));
             for (i, (x, y)) in rounded.iter().zip(&expected).enumerate() {

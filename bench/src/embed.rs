@@ -1,13 +1,18 @@
 //! `pulse-bench embed`: CPU embedding throughput and batch-1 latency of
 //! pulse's encoders, and, with `--python`, of ONNX Runtime and PyTorch
 //! (sentence-transformers) on the same texts through
-//! `bench/python/cpu_reference.py`.
+//! `bench/python/cpu_reference.py`, with pulse's speed as a multiple of
+//! each reference engine's. With `--rounds`, pulse and the reference
+//! engines take turns, so that a shared machine's load, which drifts over
+//! the minutes between one engine and the next, weighs on both sides.
 
 use crate::{cpu_name, median_run, workloads, write_report};
 use anyhow::{Context, bail};
 use pulse_bench::charts::{self, ChartFormat, LineChart, Series};
 use pulse_bench::models::percentiles_ms;
-use pulse_models::{DEFAULT_MODEL, DTypeSpec, DeviceSpec, Embedder, EmbedderOptions, EncoderKind};
+use pulse_models::{
+    DEFAULT_MODEL, DTypeSpec, DeviceSpec, Embedder, EmbedderOptions, EncoderKind, ModelInfo,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +37,12 @@ pub struct EmbedArgs {
     /// Timed passes per case; the median is reported.
     #[arg(long, default_value = "3")]
     repeats: usize,
+    /// Rounds of the whole comparison: pulse's encoders, then the
+    /// reference engines (`--python`), the order swapped in every other
+    /// round. Each case reports its median round, and each round's pulse ÷
+    /// reference ratios are listed.
+    #[arg(long, default_value = "1")]
+    rounds: usize,
     /// A Python with onnxruntime (and optionally torch and
     /// sentence-transformers) installed: runs bench/python/cpu_reference.py
     /// on the same texts and adds its engines to the table.
@@ -116,23 +127,46 @@ struct PrecisionParity {
     texts: usize,
 }
 
+/// One of pulse's encoders' tokens/s as a multiple of a reference
+/// engine's on the same workload and threads, each round's and their
+/// median.
+#[derive(Serialize)]
+struct Ratio {
+    encoder: String,
+    reference: String,
+    threads: usize,
+    workload: String,
+    per_round: Vec<f64>,
+    median: f64,
+}
+
 #[derive(Serialize)]
 struct Report {
     model: String,
     cpu: String,
     cores: usize,
     repeats: usize,
+    rounds: usize,
     /// What each of pulse's encoders ran its dense layers on (AMX,
     /// AVX-512, AVX2, portable, candle).
     kernels: BTreeMap<String, &'static str>,
     results: Vec<Measurement>,
     precision_parity: Vec<PrecisionParity>,
     reference: Option<ReferenceRun>,
+    ratios: Vec<Ratio>,
+}
+
+/// One round of pulse's encoders.
+struct PulseRun {
+    results: Vec<Measurement>,
+    kernels: BTreeMap<String, &'static str>,
+    precision_parity: Vec<PrecisionParity>,
+    model: Option<ModelInfo>,
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
-    if args.repeats == 0 {
-        bail!("--repeats must be at least 1");
+    if args.repeats == 0 || args.rounds == 0 {
+        bail!("--repeats and --rounds must be at least 1");
     }
     let workloads = [
         Workload {
@@ -151,6 +185,66 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             batch_size: 1,
         },
     ];
+    let mut pulse_rounds: Vec<PulseRun> = Vec::new();
+    let mut reference_rounds: Vec<ReferenceRun> = Vec::new();
+    for round in 0..args.rounds {
+        if args.rounds > 1 {
+            eprintln!("round {} of {}", round + 1, args.rounds);
+        }
+        // The first round runs pulse first: the reference engines need the
+        // model's directory, which pulse resolves.
+        let reference_first = round % 2 == 1;
+        if reference_first {
+            reference_rounds.extend(reference_round(&args, &pulse_rounds, &workloads)?);
+        }
+        pulse_rounds.push(pulse_round(&args, &workloads, round == 0)?);
+        if !reference_first {
+            reference_rounds.extend(reference_round(&args, &pulse_rounds, &workloads)?);
+        }
+    }
+    let ratios = ratios(&pulse_rounds, &reference_rounds);
+    let pulse_results: Vec<Vec<Measurement>> = pulse_rounds
+        .iter_mut()
+        .map(|run| std::mem::take(&mut run.results))
+        .collect();
+    let first = pulse_rounds.swap_remove(0);
+    let reference = if reference_rounds.is_empty() {
+        None
+    } else {
+        let results: Vec<Vec<Measurement>> = reference_rounds
+            .iter_mut()
+            .map(|run| std::mem::take(&mut run.results))
+            .collect();
+        let mut run = reference_rounds.swap_remove(0);
+        run.results = median_rounds(results);
+        Some(run)
+    };
+    let report = Report {
+        model: args.model.clone(),
+        cpu: cpu_name(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        repeats: args.repeats,
+        rounds: args.rounds,
+        kernels: first.kernels,
+        results: median_rounds(pulse_results),
+        precision_parity: first.precision_parity,
+        reference,
+        ratios,
+    };
+    if !args.no_charts {
+        write_charts(&report, &args.out_dir, &args.charts)?;
+    }
+    write_report(&args.out_dir, "embed", &report, &markdown(&report))
+}
+
+/// Measures every encoder, precision and thread count on `workloads`;
+/// `with_parity` also compares each reduced precision's embeddings with
+/// f32's (once is enough: they do not change between rounds).
+fn pulse_round(
+    args: &EmbedArgs,
+    workloads: &[Workload],
+    with_parity: bool,
+) -> anyhow::Result<PulseRun> {
     let mut results = Vec::new();
     let mut precision_parity = Vec::new();
     let mut kernels = BTreeMap::new();
@@ -176,7 +270,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
                 let embedder = Embedder::load(&args.model, &options)?;
                 let label = engine_label(&embedder);
                 kernels.insert(label.clone(), embedder.info().kernels);
-                for workload in &workloads {
+                for workload in workloads {
                     let measurement = measure(&embedder, workload, args.repeats)?;
                     eprintln!(
                         "{label:>11} {threads} thread(s) {:<36} {:>8.0} tokens/s, batch p50 {:.1} ms",
@@ -184,7 +278,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
                     );
                     results.push(measurement);
                 }
-                if embedder.info().dtype != "f32"
+                if with_parity
+                    && embedder.info().dtype != "f32"
                     && !precision_parity
                         .iter()
                         .any(|p: &PrecisionParity| p.encoder == label)
@@ -201,34 +296,104 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let reference = match (&args.python, &model) {
-        (Some(python), Some(model)) => {
-            let input = ReferenceInput {
-                model_dir: &model.dir,
-                max_seq_length: model.max_seq_length,
-                repeats: args.repeats,
-                threads: &args.threads,
-                workloads: &workloads,
-            };
-            Some(run_reference(python, &input, &args.out_dir)?)
-        }
-        (Some(_), None) => bail!("--python needs at least one encoder and thread count"),
-        (None, _) => None,
-    };
-    let report = Report {
-        model: args.model.clone(),
-        cpu: cpu_name(),
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        repeats: args.repeats,
-        kernels,
+    Ok(PulseRun {
         results,
+        kernels,
         precision_parity,
-        reference,
+        model,
+    })
+}
+
+/// Runs the reference engines once, where `--python` asks for them.
+fn reference_round(
+    args: &EmbedArgs,
+    pulse_rounds: &[PulseRun],
+    workloads: &[Workload],
+) -> anyhow::Result<Option<ReferenceRun>> {
+    let Some(python) = &args.python else {
+        return Ok(None);
     };
-    if !args.no_charts {
-        write_charts(&report, &args.out_dir, &args.charts)?;
+    let Some(model) = pulse_rounds.first().and_then(|run| run.model.as_ref()) else {
+        bail!("--python needs at least one encoder and thread count");
+    };
+    let input = ReferenceInput {
+        model_dir: &model.dir,
+        max_seq_length: model.max_seq_length,
+        repeats: args.repeats,
+        threads: &args.threads,
+        workloads,
+    };
+    run_reference(python, &input, &args.out_dir).map(Some)
+}
+
+/// Each case (engine, threads, workload, in the first round's order) as
+/// measured in its median round by tokens/s, the lower middle one of an
+/// even count, with every round's passes in `seconds_all`.
+fn median_rounds(rounds: Vec<Vec<Measurement>>) -> Vec<Measurement> {
+    let mut cases: Vec<Vec<Measurement>> = Vec::new();
+    for measurement in rounds.into_iter().flatten() {
+        match cases
+            .iter_mut()
+            .find(|case| same_case(&case[0], &measurement))
+        {
+            Some(case) => case.push(measurement),
+            None => cases.push(vec![measurement]),
+        }
     }
-    write_report(&args.out_dir, "embed", &report, &markdown(&report))
+    cases
+        .into_iter()
+        .map(|mut case| {
+            let passes: Vec<f64> = case.iter().flat_map(|m| m.seconds_all.clone()).collect();
+            case.sort_by(|a, b| a.tokens_per_second.total_cmp(&b.tokens_per_second));
+            let mut median = case.swap_remove((case.len() - 1) / 2);
+            median.seconds_all = passes;
+            median
+        })
+        .collect()
+}
+
+fn same_case(a: &Measurement, b: &Measurement) -> bool {
+    a.encoder == b.encoder && a.threads == b.threads && a.workload == b.workload
+}
+
+/// Every pulse case's tokens/s over each reference engine's on the same
+/// threads and workload, round by round.
+fn ratios(pulse_rounds: &[PulseRun], reference_rounds: &[ReferenceRun]) -> Vec<Ratio> {
+    let mut ratios: Vec<Ratio> = Vec::new();
+    for (ours, theirs) in pulse_rounds.iter().zip(reference_rounds) {
+        for pulse in &ours.results {
+            let peers = theirs
+                .results
+                .iter()
+                .filter(|r| r.threads == pulse.threads && r.workload == pulse.workload);
+            for reference in peers {
+                let ratio = pulse.tokens_per_second / reference.tokens_per_second;
+                let existing = ratios.iter_mut().find(|r| {
+                    r.encoder == pulse.encoder
+                        && r.reference == reference.encoder
+                        && r.threads == pulse.threads
+                        && r.workload == pulse.workload
+                });
+                match existing {
+                    Some(existing) => existing.per_round.push(ratio),
+                    None => ratios.push(Ratio {
+                        encoder: pulse.encoder.clone(),
+                        reference: reference.encoder.clone(),
+                        threads: pulse.threads,
+                        workload: pulse.workload.clone(),
+                        per_round: vec![ratio],
+                        median: 0.0,
+                    }),
+                }
+            }
+        }
+    }
+    for ratio in &mut ratios {
+        let mut sorted = ratio.per_round.clone();
+        sorted.sort_by(f64::total_cmp);
+        ratio.median = sorted[(sorted.len() - 1) / 2];
+    }
+    ratios
 }
 
 /// The encoder's name, with its precision where that is not f32.
@@ -398,8 +563,15 @@ fn markdown(report: &Report) -> String {
         .iter()
         .map(|(encoder, kernels)| format!("{encoder} on {kernels}"))
         .collect();
+    let rounds = match report.rounds {
+        1 => String::new(),
+        rounds => format!(
+            ", the median of {rounds} rounds (pulse and the reference engines taking turns, \
+             the reference first in every other round)"
+        ),
+    };
     let mut out = format!(
-        "Model `{}` on {} ({} cores), CPU, f32 unless named, median of {} passes; \
+        "Model `{}` on {} ({} cores), CPU, f32 unless named, median of {} passes{rounds}; \
          dense layers: {}.\n\n\
          | encoder | threads | workload | tokens | seconds | tokens/s | texts/s | batch p50 ms |\n\
          | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
@@ -443,6 +615,25 @@ fn markdown(report: &Report) -> String {
             out.push_str(&format!("- {engine} skipped: {reason}\n"));
         }
     }
+    if !report.ratios.is_empty() {
+        out.push_str(
+            "\npulse's tokens/s as a multiple of each reference engine's, in the same round:\n\n\
+             | encoder | ÷ engine | threads | workload | each round | median |\n\
+             | --- | --- | ---: | --- | --- | ---: |\n",
+        );
+        for ratio in &report.ratios {
+            let rounds: Vec<String> = ratio.per_round.iter().map(|r| format!("{r:.2}")).collect();
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.2}× |\n",
+                ratio.encoder,
+                ratio.reference,
+                ratio.threads,
+                ratio.workload,
+                rounds.join(", "),
+                ratio.median
+            ));
+        }
+    }
     out
 }
 
@@ -469,6 +660,7 @@ mod tests {
             cpu: "cpu".into(),
             cores: 2,
             repeats: 3,
+            rounds: 1,
             kernels: BTreeMap::from([("native int8".to_string(), "AMX")]),
             results: Vec::new(),
             precision_parity: vec![PrecisionParity {
@@ -478,6 +670,7 @@ mod tests {
                 texts: 1200,
             }],
             reference: Some(reference),
+            ratios: Vec::new(),
         };
         let table = markdown(&report);
         assert!(
@@ -504,6 +697,119 @@ mod tests {
         );
         assert!(
             table.contains("pytorch skipped: torch not importable"),
+            "{table}"
+        );
+    }
+
+    fn measurement(encoder: &str, workload: &str, tokens_per_second: f64) -> Measurement {
+        Measurement {
+            encoder: encoder.into(),
+            threads: 2,
+            workload: workload.into(),
+            texts: 10,
+            batch_size: 1,
+            tokens: 100,
+            seconds_median: 100.0 / tokens_per_second,
+            seconds_all: vec![100.0 / tokens_per_second],
+            tokens_per_second,
+            texts_per_second: 10.0 / (100.0 / tokens_per_second),
+            batch_p50_ms: 1.0,
+        }
+    }
+
+    fn pulse_run(results: Vec<Measurement>) -> PulseRun {
+        PulseRun {
+            results,
+            kernels: BTreeMap::new(),
+            precision_parity: Vec::new(),
+            model: None,
+        }
+    }
+
+    fn reference_run(results: Vec<Measurement>) -> ReferenceRun {
+        ReferenceRun {
+            engines: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            results,
+        }
+    }
+
+    #[test]
+    fn each_case_reports_its_median_round_with_every_pass() {
+        let rounds = vec![
+            vec![
+                measurement("native", SHORT, 300.0),
+                measurement("native", LONG, 50.0),
+            ],
+            vec![
+                measurement("native", SHORT, 100.0),
+                measurement("native", LONG, 70.0),
+            ],
+            vec![
+                measurement("native", SHORT, 200.0),
+                measurement("native", LONG, 60.0),
+            ],
+        ];
+        let cases = median_rounds(rounds);
+        assert_eq!(cases.len(), 2);
+        assert_eq!(
+            (cases[0].workload.as_str(), cases[0].tokens_per_second),
+            (SHORT, 200.0)
+        );
+        assert_eq!(
+            (cases[1].workload.as_str(), cases[1].tokens_per_second),
+            (LONG, 60.0)
+        );
+        assert_eq!(cases[0].seconds_all.len(), 3);
+        // An even count reports the lower middle round.
+        let two = median_rounds(vec![
+            vec![measurement("native", SHORT, 300.0)],
+            vec![measurement("native", SHORT, 100.0)],
+        ]);
+        assert_eq!(two[0].tokens_per_second, 100.0);
+    }
+
+    #[test]
+    fn ratios_pair_engines_round_by_round() {
+        let pulse = vec![
+            pulse_run(vec![measurement("native", SHORT, 300.0)]),
+            pulse_run(vec![measurement("native", SHORT, 200.0)]),
+            pulse_run(vec![measurement("native", SHORT, 240.0)]),
+        ];
+        let reference = vec![
+            reference_run(vec![
+                measurement("pytorch", SHORT, 100.0),
+                measurement("pytorch", LONG, 10.0),
+            ]),
+            reference_run(vec![measurement("pytorch", SHORT, 200.0)]),
+            reference_run(vec![measurement("pytorch", SHORT, 120.0)]),
+        ];
+        let ratios = ratios(&pulse, &reference);
+        assert_eq!(
+            ratios.len(),
+            1,
+            "only the same workload and threads pair up"
+        );
+        assert_eq!(ratios[0].per_round, vec![3.0, 1.0, 2.0]);
+        assert_eq!(ratios[0].median, 2.0);
+        let report = Report {
+            model: "m".into(),
+            cpu: "cpu".into(),
+            cores: 2,
+            repeats: 3,
+            rounds: 3,
+            kernels: BTreeMap::new(),
+            results: Vec::new(),
+            precision_parity: Vec::new(),
+            reference: None,
+            ratios,
+        };
+        let table = markdown(&report);
+        assert!(table.contains("the median of 3 rounds"), "{table}");
+        assert!(
+            table.contains(
+                "| native | pytorch | 2 | 1000 short texts, batch 32 | 3.00, 1.00, 2.00 | 2.00× |"
+            ),
             "{table}"
         );
     }

@@ -194,12 +194,13 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         // The first round runs pulse first: the reference engines need the
         // model's directory, which pulse resolves.
         let reference_first = round % 2 == 1;
+        let model = |runs: &[PulseRun]| runs.first().and_then(|run| run.model.clone());
         if reference_first {
-            reference_rounds.extend(reference_round(&args, &pulse_rounds, &workloads)?);
+            reference_rounds.extend(reference_round(&args, model(&pulse_rounds), &workloads)?);
         }
         pulse_rounds.push(pulse_round(&args, &workloads, round == 0)?);
         if !reference_first {
-            reference_rounds.extend(reference_round(&args, &pulse_rounds, &workloads)?);
+            reference_rounds.extend(reference_round(&args, model(&pulse_rounds), &workloads)?);
         }
     }
     let ratios = ratios(&pulse_rounds, &reference_rounds);
@@ -304,16 +305,17 @@ fn pulse_round(
     })
 }
 
-/// Runs the reference engines once, where `--python` asks for them.
+/// Runs the reference engines once on `model` (as pulse loaded it), where
+/// `--python` asks for them.
 fn reference_round(
     args: &EmbedArgs,
-    pulse_rounds: &[PulseRun],
+    model: Option<ModelInfo>,
     workloads: &[Workload],
 ) -> anyhow::Result<Option<ReferenceRun>> {
     let Some(python) = &args.python else {
         return Ok(None);
     };
-    let Some(model) = pulse_rounds.first().and_then(|run| run.model.as_ref()) else {
+    let Some(model) = model else {
         bail!("--python needs at least one encoder and thread count");
     };
     let input = ReferenceInput {
@@ -327,73 +329,84 @@ fn reference_round(
 }
 
 /// Each case (engine, threads, workload, in the first round's order) as
-/// measured in its median round by tokens/s, the lower middle one of an
-/// even count, with every round's passes in `seconds_all`.
+/// measured in its median round by tokens/s, with every round's passes in
+/// `seconds_all`.
 fn median_rounds(rounds: Vec<Vec<Measurement>>) -> Vec<Measurement> {
-    let mut cases: Vec<Vec<Measurement>> = Vec::new();
-    for measurement in rounds.into_iter().flatten() {
-        match cases
-            .iter_mut()
-            .find(|case| same_case(&case[0], &measurement))
-        {
-            Some(case) => case.push(measurement),
-            None => cases.push(vec![measurement]),
-        }
-    }
-    cases
+    group_in_order(rounds.into_iter().flatten(), key_of)
         .into_iter()
-        .map(|mut case| {
+        .map(|case| {
             let passes: Vec<f64> = case.iter().flat_map(|m| m.seconds_all.clone()).collect();
-            case.sort_by(|a, b| a.tokens_per_second.total_cmp(&b.tokens_per_second));
-            let mut median = case.swap_remove((case.len() - 1) / 2);
+            let mut median = nearest_rank_median(case, |m| m.tokens_per_second);
             median.seconds_all = passes;
             median
         })
         .collect()
 }
 
-fn same_case(a: &Measurement, b: &Measurement) -> bool {
-    a.encoder == b.encoder && a.threads == b.threads && a.workload == b.workload
-}
-
 /// Every pulse case's tokens/s over each reference engine's on the same
 /// threads and workload, round by round.
 fn ratios(pulse_rounds: &[PulseRun], reference_rounds: &[ReferenceRun]) -> Vec<Ratio> {
-    let mut ratios: Vec<Ratio> = Vec::new();
-    for (ours, theirs) in pulse_rounds.iter().zip(reference_rounds) {
-        for pulse in &ours.results {
-            let peers = theirs
-                .results
+    let pairs = pulse_rounds
+        .iter()
+        .zip(reference_rounds)
+        .flat_map(|(ours, theirs)| {
+            ours.results.iter().flat_map(|pulse| {
+                theirs
+                    .results
+                    .iter()
+                    .filter(|r| r.threads == pulse.threads && r.workload == pulse.workload)
+                    .map(move |reference| (pulse, reference))
+            })
+        });
+    let key = |(pulse, reference): &(&Measurement, &Measurement)| {
+        (key_of(pulse), reference.encoder.clone())
+    };
+    group_in_order(pairs, key)
+        .into_iter()
+        .map(|rounds| {
+            let (pulse, reference) = rounds[0];
+            let per_round: Vec<f64> = rounds
                 .iter()
-                .filter(|r| r.threads == pulse.threads && r.workload == pulse.workload);
-            for reference in peers {
-                let ratio = pulse.tokens_per_second / reference.tokens_per_second;
-                let existing = ratios.iter_mut().find(|r| {
-                    r.encoder == pulse.encoder
-                        && r.reference == reference.encoder
-                        && r.threads == pulse.threads
-                        && r.workload == pulse.workload
-                });
-                match existing {
-                    Some(existing) => existing.per_round.push(ratio),
-                    None => ratios.push(Ratio {
-                        encoder: pulse.encoder.clone(),
-                        reference: reference.encoder.clone(),
-                        threads: pulse.threads,
-                        workload: pulse.workload.clone(),
-                        per_round: vec![ratio],
-                        median: 0.0,
-                    }),
-                }
+                .map(|(p, r)| p.tokens_per_second / r.tokens_per_second)
+                .collect();
+            Ratio {
+                encoder: pulse.encoder.clone(),
+                reference: reference.encoder.clone(),
+                threads: pulse.threads,
+                workload: pulse.workload.clone(),
+                median: nearest_rank_median(per_round.clone(), |r| *r),
+                per_round,
             }
+        })
+        .collect()
+}
+
+/// What names a case: engine, threads, workload.
+fn key_of(m: &Measurement) -> (String, usize, String) {
+    (m.encoder.clone(), m.threads, m.workload.clone())
+}
+
+/// `items` grouped by `key`, the groups in the order their first item came.
+fn group_in_order<T, K: PartialEq>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<Vec<T>> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match groups.iter_mut().find(|(group, _)| *group == k) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((k, vec![item])),
         }
     }
-    for ratio in &mut ratios {
-        let mut sorted = ratio.per_round.clone();
-        sorted.sort_by(f64::total_cmp);
-        ratio.median = sorted[(sorted.len() - 1) / 2];
-    }
-    ratios
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
+/// The nearest-rank median of a non-empty `items` by `value` (the lower
+/// middle one of an even count), as `percentiles_ms` ranks its p50.
+fn nearest_rank_median<T>(mut items: Vec<T>, value: impl Fn(&T) -> f64) -> T {
+    items.sort_by(|a, b| value(a).total_cmp(&value(b)));
+    items.swap_remove((items.len() - 1) / 2)
 }
 
 /// The encoder's name, with its precision where that is not f32.
@@ -563,9 +576,10 @@ fn markdown(report: &Report) -> String {
         .iter()
         .map(|(encoder, kernels)| format!("{encoder} on {kernels}"))
         .collect();
-    let rounds = match report.rounds {
-        1 => String::new(),
-        rounds => format!(
+    let rounds = match (report.rounds, &report.reference) {
+        (1, _) => String::new(),
+        (rounds, None) => format!(", the median of {rounds} rounds"),
+        (rounds, Some(_)) => format!(
             ", the median of {rounds} rounds (pulse and the reference engines taking turns, \
              the reference first in every other round)"
         ),

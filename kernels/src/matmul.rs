@@ -1242,7 +1242,7 @@ enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// AVX-512 with BW and VNNI (Cascade Lake, Ice Lake, Zen 4 and later):
-    /// tiles two panels wide; bf16 on them where AVX-512 BF16 is there too
+    /// f32 tiles four panels wide, bf16 and int8 two; bf16 where AVX-512 BF16 is there too
     /// (Zen 4, Sapphire Rapids and later), on the portable tile elsewhere.
     #[cfg(target_arch = "x86_64")]
     Avx512,
